@@ -1,0 +1,96 @@
+"""Where the work runs: the array module, kernels, streams and events of a device.
+
+The scheduler only talks to a :class:`Device`: it asks for worker and server streams, launches
+callables on them, records and waits on events. On the CPU a worker stream is a thread and the
+server stream runs inline in the scheduler's thread; on a GPU both are CUDA streams
+(:mod:`gpups.gpu`).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import streams
+from .errors import option_error
+
+
+class CPUDevice:
+    kind = "cpu"
+    name = "cpu"
+    xp = np
+
+    def __init__(self) -> None:
+        from .kernels import cpu as kernels  # numba compiles lazily, on first call
+
+        self.kernels = kernels
+
+    def worker_stream(self, j: int) -> streams.ThreadStream:
+        return streams.ThreadStream(f"worker {j}")
+
+    def server_stream(self, s: int) -> streams.InlineStream:
+        return streams.InlineStream(f"server shard {s}")
+
+    def wait_any(self, events: Sequence[streams.Event]) -> list[int]:
+        return streams.wait_any(events)
+
+    def place(self, array: Any, j: int | None = None) -> np.ndarray:
+        """The array on this device (workers' partitions, the server's buffers)."""
+        return np.ascontiguousarray(array)
+
+    def rows(self, idx: Sequence[int]) -> np.ndarray:
+        return np.asarray(idx, np.int64)
+
+    def to_host(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def describe(self) -> str:
+        return "cpu (numpy + numba)"
+
+
+def cuda_available() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def resolve(device: Any) -> Any:
+    """``"auto"`` | ``"cpu"`` | ``"cuda"`` | ``"cuda:N"`` | list of those -> a device object."""
+    spec = device.lower() if isinstance(device, str) else device
+    if spec == "cpu":
+        return CPUDevice()
+    if spec == "auto":
+        if cuda_available():
+            from .gpu import CUDADevice
+
+            return CUDADevice([0])
+        return CPUDevice()
+    ids = _cuda_ids(device)
+    if not cuda_available():
+        raise option_error("device", device, "'cpu' or 'auto' here: CuPy with a CUDA device was not "
+                           "found (install gpups[gpu] on a machine with an NVIDIA GPU)")
+    from .gpu import CUDADevice
+
+    return CUDADevice(ids)
+
+
+def _cuda_ids(device: Any) -> list[int]:
+    allowed = "'auto', 'cpu', 'cuda', 'cuda:N' or a list of 'cuda:N'"
+    items = device if isinstance(device, (list, tuple)) else [device]
+    if not items:
+        raise option_error("device", device, allowed)
+    ids = []
+    for d in items:
+        if not isinstance(d, str):
+            raise option_error("device", device, allowed)
+        d = d.lower()
+        if d == "cuda":
+            ids.append(0)
+        elif d.startswith("cuda:") and d[5:].isdigit():
+            ids.append(int(d[5:]))
+        else:
+            raise option_error("device", device, allowed)
+    return ids

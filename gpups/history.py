@@ -1,0 +1,49 @@
+"""Per-epoch records and the progress line printed while training."""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def epoch_record(epoch: int, seconds: float, workers: list, metrics: dict[str, float],
+                 utype: str) -> dict[str, Any]:
+    losses = [float(l) for w in workers for l in w.losses]
+    samples = sum(w.samples for w in workers)
+    rec: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "loss": float(np.mean(losses)) if losses else None,
+        **metrics,
+        "samples": samples,
+        "samples_per_s": samples / seconds if seconds > 0 else float("inf"),
+        "seconds": seconds,
+        "pushes": [w.pushes for w in workers],
+        "staleness_mean": [float(np.mean(w.staleness)) if w.staleness else 0.0 for w in workers],
+        "staleness_max": [int(max(w.staleness)) if w.staleness else 0 for w in workers],
+    }
+    if utype == "sbp":
+        rec["dropped"] = [w.dropped for w in workers]
+    return rec
+
+
+class Progress:
+    """One line per epoch on stderr: loss, validation metrics, samples/s."""
+
+    def __init__(self, epochs: int, enabled: bool = True, stream: Any = None):
+        self.epochs, self.enabled = epochs, enabled
+        self.stream = stream or sys.stderr
+
+    def epoch(self, rec: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        parts = [f"epoch {rec['epoch']:>{len(str(self.epochs))}}/{self.epochs}"]
+        if rec["loss"] is not None:
+            parts.append(f"loss {rec['loss']:.4f}")
+        parts += [f"{k} {v:.4f}" for k, v in rec.items() if k.startswith("val_")]
+        parts.append(f"{rec['samples_per_s']:,.0f} samples/s")
+        parts.append(f"{rec['seconds']:.2f}s")
+        stale = max(rec["staleness_max"]) if rec["staleness_max"] else 0
+        if stale:
+            parts.append(f"max staleness {stale}")
+        print("  ".join(parts), file=self.stream, flush=True)

@@ -1,0 +1,134 @@
+"""Update rules: the built-in fused optimizers and the wrapper for a user's ``agg`` function.
+
+An update rule owns nothing but its description: which state slots it keeps, its hyperparameter
+defaults, and how to call its kernel. The state arrays themselves live with whoever applies the
+rule (a server shard, or a worker's local replica).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from .errors import option_error
+
+#: hyperparameter defaults per built-in optimizer (``lr`` is always present)
+DEFAULTS: dict[str, dict[str, float]] = {
+    "sgd": {"lr": 0.01},
+    "momentum": {"lr": 0.01, "momentum": 0.9},
+    "nesterov": {"lr": 0.01, "momentum": 0.9},
+    "adagrad": {"lr": 0.01, "eps": 1e-8},
+    "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+}
+SLOTS: dict[str, tuple[str, ...]] = {
+    "sgd": (), "momentum": ("v",), "nesterov": ("v",), "adagrad": ("h",), "adam": ("m", "v"),
+}
+BUILTIN = tuple(DEFAULTS)
+
+
+def resolve_hyperparams(agg: str | Callable, hyperparams: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Fill the optimizer's defaults and check the values it uses."""
+    hp = dict(hyperparams or {})
+    for key in hp:
+        if not isinstance(key, str):
+            raise option_error("hyperparams", key, "a dict with str keys")
+    if isinstance(agg, str):
+        for key, default in DEFAULTS[agg].items():
+            value = hp.setdefault(key, default)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value < 0 or (key == "lr" and value == 0):
+                raise option_error(f"hyperparams[{key!r}]", value, f"a finite number > 0 for agg={agg!r}")
+            if key in ("momentum", "beta1", "beta2") and value >= 1:
+                raise option_error(f"hyperparams[{key!r}]", value, "a number in [0, 1)")
+    return hp
+
+
+@dataclass
+class Builtin:
+    """A fused built-in optimizer: one kernel call over a flat range."""
+
+    name: str
+    hp: dict[str, Any]
+
+    def init_state(self, xp: Any, n: int, dtype: Any) -> dict[str, Any]:
+        return {s: xp.zeros(n, dtype) for s in SLOTS[self.name]}
+
+    def scalars(self, step: int) -> tuple[float, ...]:
+        hp = self.hp
+        if self.name == "sgd":
+            return (hp["lr"],)
+        if self.name in ("momentum", "nesterov"):
+            return hp["lr"], hp["momentum"]
+        if self.name == "adagrad":
+            return hp["lr"], hp["eps"]
+        b1, b2 = hp["beta1"], hp["beta2"]
+        return hp["lr"], b1, b2, hp["eps"], 1.0 / (1.0 - b1 ** step), 1.0 / (1.0 - b2 ** step)
+
+    def apply(self, kernels: Any, serial: bool, G: Any, rows: Any, scale: float, w: Any,
+              state: dict[str, Any], step: int) -> None:
+        """``w -= update(mean of G[rows])``; ``step`` counts updates of this state, from 1."""
+        fn = kernels.UPDATES[self.name][1 if serial else 0]
+        dt = w.dtype.type
+        fn(G, rows, dt(scale), w, *state.values(), *(dt(s) for s in self.scalars(step)))
+
+
+@dataclass
+class UserRule:
+    """A user's ``agg(params, grads, state, hyperparams) -> (params, state)``, over whole tensors."""
+
+    fn: Callable
+    hp: dict[str, Any]
+    name: str = "custom"
+    layout: Any = None  # set by the caller: the model's Layout
+    _grad: dict = field(default_factory=dict)
+
+    def init_state(self, xp: Any, n: int, dtype: Any) -> dict[str, Any]:
+        return {}
+
+    def apply(self, kernels: Any, serial: bool, G: Any, rows: Any, scale: float, w: Any,
+              state: dict[str, Any], step: int, lo: int = 0) -> None:
+        agg_fn = kernels.aggregate_serial if serial else kernels.aggregate
+        key = (id(w), w.shape[0])
+        g = self._grad.get(key)
+        if g is None:
+            g = self._grad[key] = w.copy()
+        agg_fn(G, rows, w.dtype.type(scale), g)
+        names = self.layout.names_in(lo, lo + w.shape[0])
+        params, grads = self._views(w, lo, names), self._views(g, lo, names)
+        new_params, new_state = self.fn(params, grads, state.get("user", {}), self.hp)
+        check_like(new_params, params, "agg", "params")
+        for n in names:
+            if new_params[n] is not params[n]:
+                params[n][...] = new_params[n]
+        state["user"] = new_state
+
+    def _views(self, flat: Any, lo: int, names: tuple[str, ...]) -> dict[str, Any]:
+        out = {}
+        for n in names:
+            a, b = self.layout.bounds(n)
+            out[n] = flat[a - lo:b - lo].reshape(self.layout.shapes[self.layout.names.index(n)])
+        return out
+
+
+def make_rule(agg: str | Callable, hp: dict[str, Any]) -> Builtin | UserRule:
+    return Builtin(agg, hp) if isinstance(agg, str) else UserRule(agg, hp)
+
+
+def check_like(got: Any, want: Mapping[str, Any], fn_name: str, what: str) -> None:
+    """Check that a user function returned a dict with ``want``'s keys, shapes and dtypes."""
+    if not isinstance(got, Mapping):
+        raise ValueError(f"{fn_name} must return a dict of {what} (name -> array), got {type(got).__name__}")
+    missing, extra = set(want) - set(got), set(got) - set(want)
+    if missing or extra:
+        raise ValueError(f"{fn_name} returned {what} with keys {sorted(got)}; expected {sorted(want)}"
+                         f" (missing {sorted(missing)}, unexpected {sorted(extra)})")
+    for name, ref in want.items():
+        arr = got[name]
+        shape = tuple(getattr(arr, "shape", ()))
+        if shape != tuple(ref.shape):
+            raise ValueError(f"{fn_name} returned {what}[{name!r}] of shape {shape}; "
+                             f"the parameter {name!r} has shape {tuple(ref.shape)}")
+        kind = getattr(getattr(arr, "dtype", None), "kind", None)
+        if kind != "f":
+            raise ValueError(f"{fn_name} returned {what}[{name!r}] of dtype "
+                             f"{getattr(arr, 'dtype', type(arr).__name__)}; expected floating point")

@@ -1,0 +1,194 @@
+"""Option checking for :func:`gpups.paramserv`: every bad input is named before any work starts."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .errors import option_error
+from .optim import BUILTIN
+from .partition import SCHEMES
+
+UTYPES = ("BSP", "ASP", "SSP", "SBP", "HOGWILD")
+FREQS = ("BATCH", "NBATCHES", "EPOCH")
+PUSHES = ("gradients", "model")
+BACKENDS = ("local",)
+
+
+@dataclass(frozen=True)
+class Options:
+    agg: str | Callable
+    utype: str        # lower case
+    freq: str         # lower case
+    epochs: int
+    batchsize: int
+    k: int
+    servers: int
+    scheme: str
+    nbatches: int
+    push: str
+    staleness: int
+    backup_workers: int
+    backend: str
+    checkpoint: str | None
+    resume: bool
+    seed: int
+    progress: bool
+
+
+def choice(option: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if isinstance(value, str):
+        for a in allowed:
+            if value.lower() == a.lower():
+                return a.lower()
+    raise option_error(option, value, allowed)
+
+
+def integer(option: str, value: Any, lo: int, hi: int | None = None) -> int:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < lo or (hi is not None and value > hi):
+        rng = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+        raise option_error(option, value, rng)
+    return int(value)
+
+
+def flag(option: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise option_error(option, value, "True or False")
+    return bool(value)
+
+
+def is_array(a: Any) -> bool:
+    return isinstance(a, np.ndarray) or type(a).__module__.split(".")[0] == "cupy"
+
+
+def array_module(a: Any) -> Any:
+    if type(a).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def check_finite(option: str, a: Any) -> None:
+    if a.dtype.kind not in "fc":
+        return
+    xp = array_module(a)
+    ok = xp.isfinite(a)
+    if not bool(ok.all()):
+        bad = np.argwhere(~np.asarray(ok.get() if xp is not np else ok))[0]
+        raise ValueError(f"{option} holds NaN or Inf (first at index {tuple(int(i) for i in bad)}); "
+                         f"expected finite values: clean or impute the data first")
+
+
+def check_model(model: Any) -> None:
+    if not isinstance(model, Mapping) or not model:
+        raise option_error("model", model, "a non-empty dict of name -> float32/float64 array")
+    dtypes = set()
+    for name, a in model.items():
+        if not isinstance(name, str):
+            raise option_error("model", name, "a dict with str keys")
+        if not is_array(a) or a.dtype not in (np.float32, np.float64):
+            got = getattr(a, "dtype", type(a).__name__)
+            raise ValueError(f"model[{name!r}] has dtype {got}; expected a float32 or float64 array")
+        if a.size == 0:
+            raise ValueError(f"model[{name!r}] is empty (shape {tuple(a.shape)}); expected at least one element")
+        dtypes.add(np.dtype(a.dtype))
+        check_finite(f"model[{name!r}]", a)
+    if len(dtypes) > 1:
+        raise ValueError(f"model mixes dtypes {sorted(str(d) for d in dtypes)}; "
+                         "expected one dtype for all parameters (float32 or float64)")
+
+
+def check_data(features: Any, labels: Any, prefix: str = "") -> None:
+    f, l = prefix + "features", prefix + "labels"
+    if not is_array(features) or features.ndim < 2:
+        shape = getattr(features, "shape", None)
+        raise ValueError(f"{f} has shape {shape}; expected an array of shape (n, ...) with one row per example")
+    if features.dtype.kind != "f":
+        raise ValueError(f"{f} has dtype {features.dtype}; expected float32 or float64")
+    if not is_array(labels) or labels.ndim < 1:
+        raise ValueError(f"{l} has shape {getattr(labels, 'shape', None)}; expected an array of shape (n, ...)")
+    if labels.dtype.kind not in "fiub":
+        raise ValueError(f"{l} has dtype {labels.dtype}; expected integers or floats")
+    if labels.shape[0] != features.shape[0]:
+        raise ValueError(f"{l} has {labels.shape[0]} rows but {f} has {features.shape[0]}; "
+                         "expected one label row per feature row")
+    if features.shape[0] == 0:
+        raise ValueError(f"{f} has no rows")
+    check_finite(f, features)
+    check_finite(l, labels)
+
+
+def validate(model: Any, features: Any, labels: Any, *, upd: Any, agg: Any, utype: Any, freq: Any,
+             epochs: Any, batchsize: Any, k: Any, servers: Any, scheme: Any, hyperparams: Any,
+             val_features: Any, val_labels: Any, evaluate: Any, nbatches: Any, push: Any,
+             staleness: Any, backup_workers: Any, backend: Any, checkpoint: Any, resume: Any,
+             seed: Any, progress: Any) -> Options:
+    check_model(model)
+    check_data(features, labels)
+    if (val_features is None) != (val_labels is None):
+        raise ValueError("val_features and val_labels go together: give both or neither")
+    if val_features is not None:
+        check_data(val_features, val_labels, "val_")
+        if tuple(val_features.shape[1:]) != tuple(features.shape[1:]):
+            raise ValueError(f"val_features rows have shape {tuple(val_features.shape[1:])}; expected "
+                             f"{tuple(features.shape[1:])} like features")
+    if not callable(upd):
+        raise option_error("upd", upd, "a function upd(params, features, labels, hyperparams) -> grads")
+    if not (callable(agg) or isinstance(agg, str)):
+        raise option_error("agg", agg, f"one of {BUILTIN} or a function agg(params, grads, state, hyperparams)")
+    agg = agg if callable(agg) else choice("agg", agg, BUILTIN)
+    if evaluate is not None and not callable(evaluate):
+        raise option_error("evaluate", evaluate, "a function evaluate(params, features, labels) -> dict")
+    if hyperparams is not None and not isinstance(hyperparams, Mapping):
+        raise option_error("hyperparams", hyperparams, "a dict of name -> value, or None")
+    ut = choice("utype", utype, UTYPES)
+    fr = choice("freq", freq, FREQS)
+    n = features.shape[0]
+    kk = integer("k", k, 1, n)
+    ep = integer("epochs", epochs, 1)
+    bs = integer("batchsize", batchsize, 1)
+    size = sum(int(a.size) for a in model.values())
+    limit = size if isinstance(agg, str) else len(model)
+    sv = integer("servers", servers, 1, limit)
+    sc = choice("scheme", scheme, SCHEMES)
+    nb = integer("nbatches", nbatches, 1)
+    if nb != 1 and fr != "nbatches":
+        raise option_error("nbatches", nbatches, "1 unless freq='NBATCHES'")
+    ps = choice("push", push, PUSHES)
+    st = integer("staleness", staleness, 0)
+    if st != 0 and ut != "ssp":
+        raise option_error("staleness", staleness, "0 unless utype='SSP'")
+    bw = integer("backup_workers", backup_workers, 0, kk - 1)
+    if bw != 0 and ut != "sbp":
+        raise option_error("backup_workers", backup_workers, "0 unless utype='SBP'")
+    be = choice("backend", backend, BACKENDS)
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise option_error("checkpoint", checkpoint, "a folder path or None")
+    rs = flag("resume", resume)
+    if rs and checkpoint is None:
+        raise option_error("resume", resume, "False unless checkpoint= names a folder")
+    sd = integer("seed", seed, 0)
+    pg = flag("progress", progress)
+    return Options(agg, ut, fr, ep, bs, kk, sv, sc, nb, ps, st, bw, be,
+                   None if checkpoint is None else os.fspath(checkpoint), rs, sd, pg)
+
+
+def check_partitions(parts: list, batchsize: int, n: int, k: int) -> None:
+    smallest = min(len(p) for p in parts)
+    if batchsize > smallest:
+        j = min(range(k), key=lambda i: len(parts[i]))
+        raise option_error("batchsize", batchsize,
+                           f"at most {smallest}: worker {j}'s partition has {smallest} rows "
+                           f"({n} rows over k={k} workers)")
+
+
+def is_number(x: Any) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False

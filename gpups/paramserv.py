@@ -1,0 +1,111 @@
+"""``gpups.paramserv``: one call that trains a model with a parameter server inside."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .device import resolve
+from .flat import Layout
+from .optim import check_like, make_rule, resolve_hyperparams
+from .options import array_module, check_partitions, validate
+from .partition import partition
+from .runtime import Run, check_metrics, log
+from .worker import accepts_out, call_upd
+
+
+@dataclass
+class Result:
+    """What :func:`paramserv` returns."""
+
+    model: dict[str, Any]                 # trained parameters: same keys, shapes, dtypes, array kind
+    history: list[dict[str, Any]]         # one record per epoch (see docs/architecture.md)
+    device: str = "cpu"
+    clock_log: list[tuple[int, int, int]] = field(default_factory=list)  # SSP (worker, clock, slowest)
+
+
+def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Callable,
+              agg: str | Callable = "sgd", utype: str = "BSP", freq: str = "BATCH", epochs: int = 1,
+              batchsize: int = 64, k: int = 1, servers: int = 1, scheme: str = "disjoint_contiguous",
+              hyperparams: Mapping[str, Any] | None = None, val_features: Any = None,
+              val_labels: Any = None, evaluate: Callable | None = None, nbatches: int = 1,
+              push: str = "gradients", staleness: int = 0, backup_workers: int = 0,
+              device: Any = "auto", backend: str = "local", checkpoint: str | None = None,
+              resume: bool = False, seed: int = 0, progress: bool = True) -> Result:
+    """Train ``model`` with ``k`` workers and ``servers`` parameter-server shards.
+
+    ``upd(params, features, labels, hyperparams)`` returns the gradients of a mini-batch (a dict
+    with ``params``' keys and shapes), optionally as ``(grads, loss)``. ``agg`` is the server's
+    update rule: ``sgd``, ``momentum``, ``nesterov``, ``adagrad``, ``adam`` (fused kernels) or a
+    function ``agg(params, grads, state, hyperparams) -> (params, state)``. ``utype`` is the sync
+    mode (``BSP``, ``ASP``, ``SSP``, ``SBP``, ``HOGWILD``), ``freq`` how often workers push
+    (``BATCH``, ``NBATCHES``, ``EPOCH``). Inputs are never mutated. See README.md for every option.
+    """
+    opts = validate(model, features, labels, upd=upd, agg=agg, utype=utype, freq=freq, epochs=epochs,
+                    batchsize=batchsize, k=k, servers=servers, scheme=scheme, hyperparams=hyperparams,
+                    val_features=val_features, val_labels=val_labels, evaluate=evaluate,
+                    nbatches=nbatches, push=push, staleness=staleness, backup_workers=backup_workers,
+                    backend=backend, checkpoint=checkpoint, resume=resume, seed=seed, progress=progress)
+    hp = resolve_hyperparams(opts.agg, hyperparams)
+    dev = resolve(device)
+    n = features.shape[0]
+    parts = partition(n, opts.k, opts.scheme, opts.seed)
+    check_partitions(parts, opts.batchsize, n, opts.k)
+    if evaluate is None and val_features is not None:
+        evaluate = getattr(getattr(upd, "__self__", None), "evaluate", None)
+
+    layout = Layout.of(model)
+    in_xp = array_module(next(iter(model.values())))
+    init = np.empty(layout.size, layout.dtype) if in_xp is np else in_xp.empty(layout.size, layout.dtype)
+    layout.flatten(model, init)
+    init = dev.to_host(init) if dev.kind == "cpu" else init
+    xf = features if dev.kind != "cpu" else dev.to_host(features)
+    yl = labels if dev.kind != "cpu" else dev.to_host(labels)
+    dry_run(dev, layout, init, xf, yl, parts[0][: opts.batchsize], upd, opts.agg, hp)
+    val = None
+    if val_features is not None:
+        val = (dev.place(val_features), dev.place(val_labels))
+        if evaluate is not None:
+            check_metrics(evaluate(layout.views(dev.place(init.copy())), val[0][:2], val[1][:2]))
+
+    run = Run(opts, dev, layout, init, xf, yl, parts, upd, hp, evaluate, val)
+    if opts.resume:
+        state = ckpt.load_latest(opts.checkpoint)
+        if state is None:
+            if opts.progress:
+                log(f"resume: no checkpoint in {opts.checkpoint!r} yet, starting from epoch 1")
+        else:
+            run.load_state_dict(state)
+            if opts.progress:
+                log(f"resume: continuing after epoch {run.first_epoch} from {opts.checkpoint!r}")
+    history = run.train(opts.epochs)
+
+    flat = run.server.w
+    out = {}
+    for name, view in layout.views(flat).items():
+        host = dev.to_host(view)
+        out[name] = np.array(host, copy=True) if in_xp is np else in_xp.asarray(host).copy()
+    return Result(out, history, dev.describe(), run.clock_log)
+
+
+def dry_run(dev: Any, layout: Layout, init: Any, X: Any, y: Any, rows: np.ndarray, upd: Callable,
+            agg: str | Callable, hp: dict) -> None:
+    """Call the user's functions once on copies, so that a wrong result is named before training."""
+    flat = dev.place(init.copy())
+    params = layout.views(flat)
+    xb, yb = dev.place(X[rows]), dev.place(y[rows])
+    wants_out = accepts_out(upd)
+    gflat = dev.xp.zeros_like(flat)
+    grads, _ = call_upd(upd, wants_out, params, xb, yb, hp, layout.views(gflat))
+    check_like(grads, params, "upd", "gradients")
+    for name, g in grads.items():
+        if not bool(dev.xp.isfinite(g).all()):
+            raise ValueError(f"upd returned a non-finite gradient for {name!r} on the first batch "
+                             "(NaN or Inf): check the model's initial values and the learning problem")
+    if callable(agg):
+        rule = make_rule(agg, hp)
+        rule.layout = layout
+        G = dev.xp.zeros((1, layout.size), flat.dtype)
+        rule.apply(dev.kernels, True, G, dev.rows([0]), 1.0, flat, rule.init_state(dev.xp, layout.size, flat.dtype), 1)

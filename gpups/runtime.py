@@ -1,0 +1,180 @@
+"""One training run: builds the server, the workers and the policy, then drives the epochs.
+
+:class:`Run` is the scheduler's side of the picture: the one host thread that launches work on
+streams. It owns the epoch loop (policy epoch, barrier, evaluation, history, checkpoint) and the
+two primitives every policy uses, :meth:`start` and :meth:`apply_async`.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .errors import WorkerError
+from .flat import Layout
+from .history import Progress, epoch_record
+from .optim import make_rule
+from .partition import partition
+from .server import ParamServer
+from .streams import StreamError
+from .sync import make_policy
+from .worker import Worker
+
+
+class Run:
+    def __init__(self, opts: Any, device: Any, layout: Layout, init_flat: np.ndarray,
+                 features: Any, labels: Any, parts: list[np.ndarray], upd: Callable, hp: dict,
+                 evaluate: Callable | None, val: tuple[Any, Any] | None):
+        self.opts, self.device, self.layout, self.hp = opts, device, layout, hp
+        self.evaluate, self.val = evaluate, val
+        self.server = ParamServer(device, layout, device.place(init_flat), make_rule(opts.agg, hp),
+                                  opts.k, opts.servers, opts.push)
+        alias = opts.utype == "hogwild" and opts.freq == "batch" and opts.push == "gradients"
+        self.workers = [Worker(j, device, features, labels, rows, layout, self.server, upd, hp,
+                               make_rule(opts.agg, hp), opts.batchsize, opts.push, alias)
+                        for j, rows in enumerate(parts)]
+        for w in self.workers:
+            w.dropped, w.pulled = 0, 0
+        self.policy = make_policy(opts.utype, opts.staleness, opts.backup_workers)
+        self.clock_log: list[tuple[int, int, int]] = []  # SSP: (worker, its clock, slowest clock)
+        self.history: list[dict[str, Any]] = []
+        self.first_epoch = 0
+
+    # -- primitives for policies ---------------------------------------------------------------
+    def plans(self) -> list[list[int]]:
+        return [w.plan(self.opts.freq, self.opts.nbatches) for w in self.workers]
+
+    def start(self, j: int, nsteps: int, epoch: int) -> Any:
+        """Pull the newest model into worker j, run its interval, return its push event."""
+        w = self.workers[j]
+        w.pulled = self.server.version
+        for ev in self.server.pull(w.replica):
+            w.stream.wait_event(ev)
+        if w.base is not None:
+            w.stream.launch(w.snapshot_base)
+        w.stream.launch(w.run, nsteps, epoch)
+        return w.stream.record()
+
+    def apply_async(self, j: int) -> None:
+        """Apply worker j's push alone, as 1/k of a round; record its staleness."""
+        w = self.workers[j]
+        w.staleness.append(self.server.version - w.pulled)
+        self.server.apply([j], 1.0 / self.opts.k)
+
+    def hogwild_pull(self, w: Worker) -> None:
+        w.pulled = self.server.version
+        if w.replica is not self.server.w:  # aliased workers compute on the shared model itself
+            w.pull_unlocked()
+
+    def hogwild_push(self, w: Worker) -> None:
+        w.staleness.append(self.server.version - w.pulled)
+        w.hogwild_push()
+
+    # -- the epoch loop ------------------------------------------------------------------------
+    def train(self, epochs: int) -> list[dict[str, Any]]:
+        progress = Progress(epochs, enabled=self.opts.progress)
+        try:
+            for epoch in range(self.first_epoch, epochs):
+                for w in self.workers:
+                    w.cursor = 0
+                    w.reset_stats()
+                    w.dropped = 0
+                t0 = time.perf_counter()
+                self.policy.run_epoch(self, epoch)
+                self.barrier()
+                seconds = time.perf_counter() - t0
+                metrics = self.validate()
+                rec = epoch_record(epoch, seconds, self.workers, metrics, self.opts.utype)
+                self.history.append(rec)
+                progress.epoch(rec)
+                if self.opts.checkpoint:
+                    ckpt.save(self.opts.checkpoint, epoch + 1, self.state_dict(epoch + 1))
+        except StreamError as err:
+            self.cancel()
+            who = err.stream_name
+            where = ""
+            if who.startswith("worker "):
+                where = f" in {self.workers[int(who.split()[1])].where}"
+            raise WorkerError(who, f"{type(err.exc).__name__}: {err.exc}{where}") from err.exc
+        except BaseException:
+            self.cancel()
+            raise
+        finally:
+            self.close()
+        return self.history
+
+    def barrier(self) -> None:
+        for ev in [w.stream.record() for w in self.workers]:
+            ev.synchronize()
+        self.server.synchronize()
+
+    def validate(self) -> dict[str, float]:
+        if self.evaluate is None or self.val is None:
+            return {}
+        params = self.layout.views(self.server.w)
+        out = self.evaluate(params, *self.val)
+        return {f"val_{k}": float(v) for k, v in check_metrics(out).items()}
+
+    def cancel(self) -> None:
+        for w in self.workers:
+            cancel = getattr(w.stream, "cancel", None)
+            if cancel:
+                cancel()
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stream.close()
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        o = self.opts
+        return {"names": self.layout.names, "shapes": self.layout.shapes, "dtype": str(self.layout.dtype),
+                "k": o.k, "servers": o.servers, "utype": o.utype, "freq": o.freq, "push": o.push,
+                "scheme": o.scheme, "batchsize": o.batchsize, "seed": o.seed,
+                "agg": o.agg if isinstance(o.agg, str) else "custom"}
+
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        to_host = self.device.to_host
+        return {"format": 1, "epoch": epoch, "fingerprint": self.fingerprint(),
+                "server": self.server.state_dict(), "history": self.history,
+                "workers": [{"local_step": w.local_step,
+                             "local_state": {s: to_host(a) for s, a in w.local_state.items()
+                                             if s != "user"} | (
+                                 {"user": w.local_state["user"]} if "user" in w.local_state else {})}
+                            for w in self.workers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        want, got = self.fingerprint(), state["fingerprint"]
+        diff = {key: (got.get(key), want[key]) for key in want if got.get(key) != want[key]}
+        if diff:
+            detail = ", ".join(f"{key}: checkpoint {a!r}, now {b!r}" for key, (a, b) in diff.items())
+            raise ValueError(f"resume=True: the checkpoint in {self.opts.checkpoint!r} was written by a "
+                             f"different run ({detail}); use a fresh checkpoint folder or the same options")
+        self.server.load_state_dict(state["server"])
+        for w, ws in zip(self.workers, state["workers"]):
+            w.local_step = ws["local_step"]
+            for slot, val in ws["local_state"].items():
+                if slot == "user":
+                    w.local_state[slot] = val
+                else:
+                    w.local_state[slot][...] = self.device.place(val)
+        self.history = list(state["history"])
+        self.first_epoch = int(state["epoch"])
+
+
+def check_metrics(out: Any) -> dict[str, Any]:
+    if not isinstance(out, dict) or not all(isinstance(k, str) for k in out):
+        raise ValueError(f"evaluate must return a dict of metric name -> number, got {type(out).__name__}")
+    for key, v in out.items():
+        try:
+            float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"evaluate returned {key}={v!r}; expected a number") from None
+    return out
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

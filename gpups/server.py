@@ -1,0 +1,114 @@
+"""The parameter server: flat parameters cut into shards, each with its own stream and state.
+
+Workers push by writing their payload (a gradient, or a model delta) into their row of the
+push buffer ``G`` on their own stream, then recording an event. :meth:`ParamServer.apply` makes
+every shard's stream wait on those events and runs one fused aggregate+update kernel over the
+shard's range of ``G`` and of the parameters. A shard's stream serialises its updates and pulls,
+so it is the shard's lock: no other lock exists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .flat import Layout
+from .optim import UserRule
+
+
+@dataclass
+class Shard:
+    index: int
+    lo: int
+    hi: int
+    stream: Any
+    state: dict[str, Any]
+    step: int = 0  # updates applied to this shard (adam's bias correction)
+
+
+@dataclass
+class ParamServer:
+    device: Any
+    layout: Layout
+    w: Any                  # flat parameters, on the device
+    rule: Any               # optimizer (optim.Builtin or optim.UserRule)
+    k: int
+    servers: int = 1
+    push: str = "gradients"
+    shards: list[Shard] = field(init=False)
+    G: Any = field(init=False)  # (k, n) push buffers, row j = worker j's
+    version: int = 0            # updates applied so far (staleness is measured in these)
+
+    def __post_init__(self) -> None:
+        xp, n = self.device.xp, self.layout.size
+        self.G = xp.zeros((self.k, n), self.w.dtype)
+        if isinstance(self.rule, UserRule):
+            self.rule.layout = self.layout
+        cuts = self.layout.shards(self.servers, whole_tensors=isinstance(self.rule, UserRule))
+        self.shards = [Shard(s, lo, hi, self.device.server_stream(s),
+                             self.rule.init_state(xp, hi - lo, self.w.dtype))
+                       for s, (lo, hi) in enumerate(cuts)]
+
+    # -- scheduler side ------------------------------------------------------------------------
+    def apply(self, rows: Sequence[int], scale: float, after: Sequence[Any] = ()) -> None:
+        """Aggregate ``G[rows] * scale`` into every shard once the ``after`` events are reached."""
+        rows_dev = self.device.rows(rows)
+        for sh in self.shards:
+            for ev in after:
+                sh.stream.wait_event(ev)
+            sh.stream.launch(self._update, sh, rows_dev, scale, False)
+        self.version += 1
+
+    def pull(self, dst: Any) -> list[Any]:
+        """Copy the parameters into ``dst`` on the shards' streams; returns their events."""
+        events = []
+        for sh in self.shards:
+            sh.stream.launch(_copy, dst[sh.lo:sh.hi], self.w[sh.lo:sh.hi])
+            events.append(sh.stream.record())
+        return events
+
+    # -- worker side (HOGWILD): no stream, no ordering, no lock -------------------------------
+    def apply_unlocked(self, rows: Any, scale: float) -> None:
+        for sh in self.shards:
+            self._update(sh, rows, scale, True)
+        self.version += 1
+
+    def _update(self, sh: Shard, rows: Any, scale: float, serial: bool) -> None:
+        sh.step += 1
+        G, w = self.G[:, sh.lo:sh.hi], self.w[sh.lo:sh.hi]
+        kernels = self.device.kernels
+        if self.push == "model":  # payloads are model deltas: w += scale * sum(deltas)
+            kernels.UPDATES["sgd"][1 if serial else 0](G, rows, w.dtype.type(scale), w, w.dtype.type(-1.0))
+        elif isinstance(self.rule, UserRule):
+            self.rule.apply(kernels, serial, G, rows, scale, w, sh.state, sh.step, lo=sh.lo)
+        else:
+            self.rule.apply(kernels, serial, G, rows, scale, w, sh.state, sh.step)
+
+    def synchronize(self) -> None:
+        for sh in self.shards:
+            sh.stream.synchronize()
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        to_host = self.device.to_host
+        out: dict[str, Any] = {"w": to_host(self.w), "version": self.version}
+        for sh in self.shards:
+            out[f"shard{sh.index}.step"] = sh.step
+            for slot, arr in sh.state.items():
+                out[f"shard{sh.index}.{slot}"] = arr if slot == "user" else to_host(arr)
+        return out
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.w[...] = self.device.place(d["w"])
+        self.version = int(d["version"])
+        for sh in self.shards:
+            sh.step = int(d[f"shard{sh.index}.step"])
+            for slot in list(sh.state):
+                val = d[f"shard{sh.index}.{slot}"]
+                if slot == "user":
+                    sh.state[slot] = val
+                else:
+                    sh.state[slot][...] = self.device.place(val)
+
+
+def _copy(dst: Any, src: Any) -> None:
+    dst[...] = src

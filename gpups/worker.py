@@ -1,0 +1,132 @@
+"""A worker: its data partition, its model replica, and one push interval of local steps.
+
+:meth:`Worker.run` is what the scheduler launches on the worker's stream: ``nsteps`` mini-batch
+steps of the user's ``upd`` from where the worker left off in its partition, ending with the
+payload in the worker's row of the server's push buffer:
+
+- ``push="gradients"``: the sum of the interval's gradients. Between the steps of an interval
+  the replica is updated locally with the same optimizer (after the last step it need not be:
+  the next pull overwrites it).
+- ``push="model"``: every step updates the replica locally; the payload is the replica's change
+  since its pull (the server adds the mean change: model averaging).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .flat import Layout
+
+
+def call_upd(upd: Callable, wants_out: bool, params: dict, x: Any, y: Any, hp: dict,
+             out: dict | None) -> tuple[Mapping[str, Any], Any]:
+    """Call ``upd``; returns ``(grads, loss or None)``."""
+    res = upd(params, x, y, hp, out=out) if wants_out else upd(params, x, y, hp)
+    if isinstance(res, tuple) and len(res) == 2 and isinstance(res[0], Mapping):
+        return res[0], res[1]
+    return res, None
+
+
+def accepts_out(fn: Callable) -> bool:
+    """Whether ``fn`` takes an ``out=`` dict to write gradients into (built-in models do)."""
+    try:
+        return "out" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class Worker:
+    def __init__(self, j: int, device: Any, features: Any, labels: Any, rows: np.ndarray,
+                 layout: Layout, server: Any, upd: Callable, hp: dict, rule: Any,
+                 batchsize: int, push: str, alias: bool = False):
+        self.j, self.device, self.layout, self.server = j, device, layout, server
+        self.upd, self.hp, self.rule, self.push = upd, hp, rule, push
+        self.wants_out = accepts_out(upd)
+        xp = device.xp
+        self.X = device.place(features[rows], j)  # the partition moves to the worker's device once
+        self.y = device.place(labels[rows], j)
+        self.n, self.batchsize = len(rows), batchsize
+        self.batches = math.ceil(self.n / batchsize)
+        self.stream = device.worker_stream(j)
+        # alias: compute on the server's parameters directly (HOGWILD, one step per push)
+        self.replica = server.w if alias else xp.empty_like(server.w)
+        self.params = layout.views(self.replica)
+        self.payload = server.G[j]
+        self.grad = xp.empty_like(server.w)
+        self.grad_views = layout.views(self.grad)
+        self.base = xp.empty_like(server.w) if push == "model" else None
+        self.local_state = rule.init_state(xp, layout.size, server.w.dtype)
+        self.local_step = 0
+        self.one = device.rows([0])
+        self.cursor = 0      # next batch within the epoch
+        self.where = ""      # for error messages: epoch and batch being run
+        self.reset_stats()
+
+    # -- planning (host) -----------------------------------------------------------------------
+    def plan(self, freq: str, nbatches: int) -> list[int]:
+        """Steps per push interval for one epoch."""
+        per = {"batch": 1, "nbatches": nbatches, "epoch": self.batches}[freq]
+        full, rest = divmod(self.batches, per)
+        return [per] * full + ([rest] if rest else [])
+
+    def reset_stats(self) -> None:
+        self.losses: list[Any] = []
+        self.samples = 0
+        self.pushes = 0
+        self.staleness: list[int] = []
+
+    # -- stream work ---------------------------------------------------------------------------
+    def snapshot_base(self) -> None:
+        self.base[...] = self.replica
+
+    def run(self, nsteps: int, epoch: int) -> None:
+        """``nsteps`` local steps, leaving the payload in ``server.G[j]``."""
+        push_grads = self.push == "gradients"
+        for s in range(nsteps):
+            b = self.cursor
+            self.cursor += 1
+            self.where = f"epoch {epoch}, batch {b}"
+            lo, hi = b * self.batchsize, min((b + 1) * self.batchsize, self.n)
+            direct = push_grads and s == 0  # first gradient goes straight into the payload
+            target = self.payload if direct else self.grad
+            self._gradient(self.X[lo:hi], self.y[lo:hi], target)
+            self.samples += hi - lo
+            if push_grads:
+                if not direct:
+                    self.payload += self.grad
+                if s < nsteps - 1:
+                    self._local_update(target)
+            else:
+                self._local_update(target)
+        if not push_grads:
+            self.device.xp.subtract(self.replica, self.base, out=self.payload)
+        self.pushes += 1
+
+    def _gradient(self, x: Any, y: Any, target: Any) -> None:
+        views = self.layout.views(target) if target is not self.grad else self.grad_views
+        grads, loss = call_upd(self.upd, self.wants_out, self.params, x, y, self.hp, views)
+        for name, view in views.items():
+            g = grads[name]
+            if g is view:
+                continue
+            if tuple(g.shape) != view.shape:
+                raise ValueError(f"upd returned a gradient for {name!r} of shape {tuple(g.shape)}; "
+                                 f"the parameter has shape {view.shape}")
+            view[...] = g
+        if loss is not None:
+            self.losses.append(loss)
+
+    def _local_update(self, g: Any) -> None:
+        self.local_step += 1
+        self.rule.apply(self.device.kernels, True, g[None, :], self.one, 1.0, self.replica,
+                        self.local_state, self.local_step)
+
+    def hogwild_push(self) -> None:
+        """Apply the payload to the server's parameters from this worker's stream, unlocked."""
+        self.server.apply_unlocked(self.device.rows([self.j]), 1.0 / self.server.k)
+
+    def pull_unlocked(self) -> None:
+        self.replica[...] = self.server.w
