@@ -88,7 +88,7 @@ class Worker:
         for s in range(nsteps):
             b = self.cursor
             self.cursor += 1
-            self.where = f"epoch {epoch}, batch {b}"
+            self.where = f"epoch {epoch + 1}, batch {b + 1}"
             lo, hi = b * self.batchsize, min((b + 1) * self.batchsize, self.n)
             direct = push_grads and s == 0  # first gradient goes straight into the payload
             target = self.payload if direct else self.grad

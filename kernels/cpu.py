@@ -7,7 +7,12 @@ Both are ``nogil`` so that worker threads run truly in parallel.
 """
 from __future__ import annotations
 
+import os
 import types
+
+# Idle OpenMP threads must sleep, not spin: on a small CPU the worker threads need those cores
+# (spinning made BSP 6x slower on 2 cores). Read by libgomp when numba first starts it.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import numpy as np
 from numba import njit, prange

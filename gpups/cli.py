@@ -1,0 +1,160 @@
+"""``gpups`` console script: ``gpups train`` (and ``gpups bench``, see benchmarks/)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+MODELS = ("softmax", "mlp", "lenet", "linear")
+
+
+def build_model(name: str, data: Any, hidden: Sequence[int]) -> Any:
+    from . import models
+
+    d = int(np.prod(data.shape))
+    if name == "softmax":
+        return models.SoftmaxRegression(d, data.classes)
+    if name == "mlp":
+        return models.MLP([d, *hidden, data.classes])
+    if name == "linear":
+        return models.LinearRegression(d, data.y.shape[1] if data.y.ndim > 1 else 1)
+    if name == "lenet":
+        return models.LeNet(input_shape=data.shape, classes=data.classes)
+    raise ValueError(f"--model={name!r} is not allowed: expected one of {MODELS}")
+
+
+def train_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a built-in model with paramserv",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="mlp", choices=MODELS)
+    p.add_argument("--hidden", default="200", help="MLP hidden sizes, comma separated")
+    p.add_argument("--data", default="mnist5k", help="mnist5k, digits, mnist, synthetic, synthetic_regression")
+    p.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (--data mnist)")
+    p.add_argument("--samples", type=int, default=10_000, help="rows of synthetic data")
+    p.add_argument("--utype", default="BSP")
+    p.add_argument("--freq", default="BATCH")
+    p.add_argument("--nbatches", type=int, default=1)
+    p.add_argument("--push", default="gradients")
+    p.add_argument("--staleness", type=int, default=0)
+    p.add_argument("--backup-workers", type=int, default=0)
+    p.add_argument("--agg", default="momentum")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--momentum", type=float, default=None)
+    p.add_argument("--reg", type=float, default=0.0, help="L2 regularisation")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batchsize", type=int, default=64)
+    p.add_argument("--k", type=int, default=2, help="workers")
+    p.add_argument("--servers", type=int, default=1, help="server shards")
+    p.add_argument("--scheme", default="disjoint_contiguous")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default="local")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--checkpoint", default=None, help="folder for per-epoch checkpoints")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/latest", help="folder for history.json, model.npz, plot")
+    p.add_argument("--quiet", action="store_true")
+
+
+def load_data(args: Any) -> Any:
+    from . import datasets
+
+    image = args.model == "lenet"
+    if args.data == "mnist":
+        if not args.data_dir:
+            raise SystemExit("--data mnist needs --data-dir FOLDER with the four IDX files")
+        return datasets.mnist(args.data_dir, image=image, seed=args.seed)
+    if args.data in ("mnist5k", "digits"):
+        return datasets.load(args.data, image=image, seed=args.seed)
+    if args.data == "synthetic":
+        return datasets.synthetic(n=args.samples, seed=args.seed)
+    return datasets.load(args.data, n=args.samples, seed=args.seed)
+
+
+def train(args: Any) -> dict[str, Any]:
+    import gpups
+
+    data = load_data(args)
+    hidden = [int(h) for h in args.hidden.split(",") if h]
+    net = build_model(args.model, data, hidden)
+    dtype = np.dtype(args.dtype)
+    X, Xv = data.X.astype(dtype, copy=False), data.Xv.astype(dtype, copy=False)
+    y, yv = data.y, data.yv
+    if args.model == "linear":
+        y, yv = y.astype(dtype), yv.astype(dtype)
+    hp = {"lr": args.lr, "reg": args.reg}
+    if args.momentum is not None:
+        hp["momentum"] = args.momentum
+    t0 = time.perf_counter()
+    res = gpups.paramserv(
+        net.init(args.seed, dtype=dtype), X, y, upd=net.gradients, agg=args.agg, utype=args.utype,
+        freq=args.freq, nbatches=args.nbatches, push=args.push, staleness=args.staleness,
+        backup_workers=args.backup_workers, epochs=args.epochs, batchsize=args.batchsize, k=args.k,
+        servers=args.servers, scheme=args.scheme, hyperparams=hp, val_features=Xv, val_labels=yv,
+        evaluate=net.evaluate, device=args.device, backend=args.backend, checkpoint=args.checkpoint,
+        resume=args.resume, seed=args.seed, progress=not args.quiet)
+    wall = time.perf_counter() - t0
+    os.makedirs(args.out, exist_ok=True)
+    summary = {"model": args.model, "data": data.name, "device": res.device, "utype": args.utype,
+               "k": args.k, "epochs": args.epochs, "wall_seconds": wall, "final": res.history[-1],
+               "history": res.history, "args": vars(args)}
+    with open(os.path.join(args.out, "history.json"), "w") as f:
+        json.dump(summary, f, indent=1, default=float)
+    np.savez(os.path.join(args.out, "model.npz"), **{k: np.asarray(getattr(v, "get", lambda: v)())
+                                                      for k, v in res.model.items()})
+    plotted = plot_history(res.history, os.path.join(args.out, "convergence.png"), args)
+    last = res.history[-1]
+    metric = " ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith("val_"))
+    print(f"trained {args.model} on {data.name} ({len(X)} rows) with {args.utype} k={args.k} on "
+          f"{res.device}: {metric} in {wall:.1f}s; wrote {args.out}/history.json, model.npz"
+          + (", convergence.png" if plotted else ""))
+    return summary
+
+
+def plot_history(history: list, path: str, args: Any) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ep = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    if history[0]["loss"] is not None:
+        ax[0].plot(ep, [r["loss"] for r in history], "o-", label="train loss")
+    if "val_loss" in history[0]:
+        ax[0].plot(ep, [r["val_loss"] for r in history], "s-", label="validation loss")
+    ax[0].set_xlabel("epoch"), ax[0].legend(), ax[0].set_title("loss")
+    if "val_accuracy" in history[0]:
+        ax[1].plot(ep, [r["val_accuracy"] for r in history], "o-")
+        ax[1].set_title("validation accuracy")
+    ax[1].set_xlabel("epoch")
+    fig.suptitle(f"{args.model} on {args.data}, {args.utype} k={args.k}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpups", description="GPU-accelerated parameter-server trainer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            train(args)
+    except (ValueError, ImportError, FileNotFoundError) as exc:
+        print(f"gpups {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

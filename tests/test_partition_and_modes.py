@@ -1,0 +1,89 @@
+"""Partition schemes, SSP's staleness bound, ASP's observed staleness, SBP's drops."""
+import numpy as np
+import pytest
+
+import gpups
+from gpups.partition import SCHEMES, partition
+from helpers import small_net
+
+
+@pytest.mark.parametrize("n,k", [(100, 4), (101, 3), (7, 7)])
+def test_disjoint_schemes_cover_every_row_once(n, k):
+    for scheme in ["disjoint_contiguous", "disjoint_round_robin", "disjoint_random"]:
+        parts = partition(n, k, scheme, seed=5)
+        assert len(parts) == k
+        allrows = np.sort(np.concatenate(parts))
+        np.testing.assert_array_equal(allrows, np.arange(n))
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_overlap_reshuffle_gives_every_worker_all_rows_in_its_own_order():
+    parts = partition(50, 3, "overlap_reshuffle", seed=1)
+    for p in parts:
+        np.testing.assert_array_equal(np.sort(p), np.arange(50))
+    assert not np.array_equal(parts[0], parts[1]) and not np.array_equal(parts[1], parts[2])
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_same_seed_same_partitions(scheme):
+    a, b = partition(60, 4, scheme, seed=9), partition(60, 4, scheme, seed=9)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    if scheme in ("disjoint_random", "overlap_reshuffle"):
+        c = partition(60, 4, scheme, seed=10)
+        assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def slow_worker_upd(net, slow=0, delay=0.002):
+    """Worker `slow` (recognised by its first label row) takes longer per batch."""
+    import time
+
+    def upd(p, x, y, hp):
+        if delay and int(y[0]) == -1:
+            time.sleep(delay)
+        return net.gradients(p, x, np.abs(y), hp)
+    return upd
+
+
+@pytest.mark.parametrize("s", [0, 1, 3])
+def test_ssp_never_runs_more_than_s_clocks_ahead(blobs, s):
+    X, y = blobs
+    y = y.copy()
+    y[:60] = -1  # worker 0's rows: sleep marker
+    net = small_net()
+    upd = slow_worker_upd(net)
+    res = gpups.paramserv(net.init(0, dtype=np.float64), X, y, upd=upd, utype="SSP", staleness=s,
+                          k=4, batchsize=5, epochs=2, hyperparams={"lr": 0.1}, progress=False,
+                          device="cpu")
+    log = res.clock_log
+    assert len(log) == sum(sum(r["pushes"]) for r in res.history)
+    gaps = [clock - slowest for _, clock, slowest in log]
+    assert max(gaps) <= s
+    if s > 0:
+        assert max(gaps) >= 1  # the fast workers did run ahead of the slow one
+
+
+def test_asp_records_the_staleness_it_observed(blobs):
+    X, y = blobs
+    net = small_net()
+    k = 4
+    res = gpups.paramserv(net.init(0, dtype=np.float64), X, y, upd=net.gradients, utype="ASP", k=k,
+                          batchsize=5, hyperparams={"lr": 0.1}, progress=False, device="cpu")
+    rec = res.history[0]
+    assert rec["pushes"] == [12, 12, 12, 12]
+    # all k workers pull version 0 first: the i-th of the first k arrivals saw i updates before it
+    assert max(rec["staleness_max"]) >= k - 1
+    assert all(0 <= m <= mx for m, mx in zip(rec["staleness_mean"], rec["staleness_max"]))
+
+
+def test_sbp_drops_straggler_pushes(blobs):
+    X, y = blobs
+    y = y.copy()
+    y[:60] = -1  # worker 0 is slow
+    net = small_net()
+    res = gpups.paramserv(net.init(0, dtype=np.float64), X, y, upd=slow_worker_upd(net, delay=0.01),
+                          utype="SBP", backup_workers=1, k=4, batchsize=5, hyperparams={"lr": 0.1},
+                          progress=False, device="cpu")
+    rec = res.history[0]
+    assert rec["dropped"][0] > 0          # the straggler's late pushes were dropped
+    assert sum(rec["dropped"][1:]) <= sum(rec["dropped"])
+    assert all(np.isfinite(v).all() for v in res.model.values())
