@@ -25,8 +25,10 @@ class CPUDevice:
 
         self.kernels = kernels
 
-    def worker_stream(self, j: int) -> streams.ThreadStream:
-        return streams.ThreadStream(f"worker {j}")
+    def worker_stream(self, j: int, concurrent: bool = True) -> Any:
+        """A thread per worker; a lone worker runs inline in the scheduler's thread."""
+        name = f"worker {j}"
+        return streams.ThreadStream(name) if concurrent else streams.InlineStream(name)
 
     def server_stream(self, s: int) -> streams.InlineStream:
         return streams.InlineStream(f"server shard {s}")

@@ -67,6 +67,7 @@ class Builtin:
     def apply(self, kernels: Any, serial: bool, G: Any, rows: Any, scale: float, w: Any,
               state: dict[str, Any], step: int) -> None:
         """``w -= update(mean of G[rows])``; ``step`` counts updates of this state, from 1."""
+        serial = serial or w.shape[0] < getattr(kernels, "PARALLEL_MIN", 0)
         fn = kernels.UPDATES[self.name][1 if serial else 0]
         dt = w.dtype.type
         fn(G, rows, dt(scale), w, *state.values(), *(dt(s) for s in self.scalars(step)))

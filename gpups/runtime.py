@@ -32,9 +32,12 @@ class Run:
         self.evaluate, self.val = evaluate, val
         self.server = ParamServer(device, layout, device.place(init_flat), make_rule(opts.agg, hp),
                                   opts.k, opts.servers, opts.push)
-        alias = opts.utype == "hogwild" and opts.freq == "batch" and opts.push == "gradients"
+        # Workers compute on the server's parameters themselves, without a replica copy, where
+        # nothing can change them meanwhile (BSP: the server waits for every push) or where
+        # changing them is the point (HOGWILD); only with one step per push and no local update.
+        alias = opts.utype in ("bsp", "hogwild") and opts.freq == "batch" and opts.push == "gradients"
         self.workers = [Worker(j, device, features, labels, rows, layout, self.server, upd, hp,
-                               make_rule(opts.agg, hp), opts.batchsize, opts.push, alias)
+                               make_rule(opts.agg, hp), opts.batchsize, opts.push, alias, opts.k > 1)
                         for j, rows in enumerate(parts)]
         for w in self.workers:
             w.dropped, w.pulled = 0, 0

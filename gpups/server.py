@@ -59,10 +59,12 @@ class ParamServer:
         self.version += 1
 
     def pull(self, dst: Any) -> list[Any]:
-        """Copy the parameters into ``dst`` on the shards' streams; returns their events."""
+        """Copy the parameters into ``dst`` on the shards' streams; returns their events.
+        A worker whose replica *is* the parameters (BSP) only waits for the shards' updates."""
         events = []
         for sh in self.shards:
-            sh.stream.launch(_copy, dst[sh.lo:sh.hi], self.w[sh.lo:sh.hi])
+            if dst is not self.w:
+                sh.stream.launch(_copy, dst[sh.lo:sh.hi], self.w[sh.lo:sh.hi])
             events.append(sh.stream.record())
         return events
 

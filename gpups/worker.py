@@ -41,7 +41,7 @@ def accepts_out(fn: Callable) -> bool:
 class Worker:
     def __init__(self, j: int, device: Any, features: Any, labels: Any, rows: np.ndarray,
                  layout: Layout, server: Any, upd: Callable, hp: dict, rule: Any,
-                 batchsize: int, push: str, alias: bool = False):
+                 batchsize: int, push: str, alias: bool = False, concurrent: bool = True):
         self.j, self.device, self.layout, self.server = j, device, layout, server
         self.upd, self.hp, self.rule, self.push = upd, hp, rule, push
         self.wants_out = accepts_out(upd)
@@ -50,13 +50,14 @@ class Worker:
         self.y = device.place(labels[rows], j)
         self.n, self.batchsize = len(rows), batchsize
         self.batches = math.ceil(self.n / batchsize)
-        self.stream = device.worker_stream(j)
+        self.stream = device.worker_stream(j, concurrent)
         # alias: compute on the server's parameters directly (HOGWILD, one step per push)
         self.replica = server.w if alias else xp.empty_like(server.w)
         self.params = layout.views(self.replica)
         self.payload = server.G[j]
         self.grad = xp.empty_like(server.w)
         self.grad_views = layout.views(self.grad)
+        self.payload_views = layout.views(self.payload)
         self.base = xp.empty_like(server.w) if push == "model" else None
         self.local_state = rule.init_state(xp, layout.size, server.w.dtype)
         self.local_step = 0
@@ -106,7 +107,7 @@ class Worker:
         self.pushes += 1
 
     def _gradient(self, x: Any, y: Any, target: Any) -> None:
-        views = self.layout.views(target) if target is not self.grad else self.grad_views
+        views = self.grad_views if target is self.grad else self.payload_views
         grads, loss = call_upd(self.upd, self.wants_out, self.params, x, y, self.hp, views)
         for name, view in views.items():
             g = grads[name]

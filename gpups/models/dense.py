@@ -3,36 +3,16 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .base import Model, into, xp_of
+from .base import Model
+from .ops import ACT_CODES
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 
 
-def _act(name: str, z: Any) -> Any:
-    xp = xp_of(z)
-    if name == "relu":
-        return xp.maximum(z, 0, out=z)
-    if name == "tanh":
-        return xp.tanh(z, out=z)
-    z *= -1
-    xp.exp(z, out=z)
-    z += 1
-    return xp.reciprocal(z, out=z)
-
-
-def _act_grad(name: str, h: Any, d: Any) -> Any:
-    """d * act'(z), from the activation's output h (in place in d)."""
-    if name == "relu":
-        d *= h > 0
-    elif name == "tanh":
-        d *= 1 - h * h
-    else:
-        d *= h * (1 - h)
-    return d
-
-
 class MLP(Model):
-    """Fully connected network ``sizes[0] -> ... -> sizes[-1]`` with softmax cross-entropy."""
+    """Fully connected ``sizes[0] -> ... -> sizes[-1]``; softmax cross-entropy on the logits.
+
+    Parameters ``W{i}`` of shape (in, out) and ``b{i}`` of shape (out,), i = 1..layers."""
 
     def __init__(self, sizes: Sequence[int], activation: str = "relu", classifier: bool = True):
         if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
@@ -40,6 +20,9 @@ class MLP(Model):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r} is not allowed: expected one of {ACTIVATIONS}")
         self.sizes, self.activation, self.classifier = [int(s) for s in sizes], activation, classifier
+        self.act = ACT_CODES[activation]
+        self.layers = len(self.sizes) - 1
+        self.last_bias = f"b{self.layers}"
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         out = {}
@@ -47,29 +30,35 @@ class MLP(Model):
             out[f"W{i}"], out[f"b{i}"] = (a, b), (b,)
         return out
 
-    @property
-    def layers(self) -> int:
-        return len(self.sizes) - 1
+    def buffers(self, n: int) -> dict[str, tuple[int, ...]]:
+        bufs = {f"h{i}": (n, m) for i, m in enumerate(self.sizes[1:], 1)}
+        bufs.update({f"d{i}": (n, m) for i, m in enumerate(self.sizes[1:-1], 1)})
+        bufs["dz"] = (n, self.sizes[-1])
+        return bufs
 
-    def forward(self, params: dict[str, Any], x: Any) -> tuple[Any, list[Any]]:
+    def logits(self, params: dict[str, Any], x: Any, ws: dict[str, Any], ops: Any) -> Any:
+        """Forward pass; returns the last layer's pre-bias output (its bias is added by the loss)."""
         h = x.reshape(x.shape[0], -1)
-        hs = [h]
+        ws["h0"] = h
         for i in range(1, self.layers + 1):
-            z = h @ params[f"W{i}"]
-            z += params[f"b{i}"]
-            h = z if i == self.layers else _act(self.activation, z)
-            hs.append(h)
-        return h, hs
+            z = ws[f"h{i}"]
+            _xp(z).matmul(h, params[f"W{i}"], out=z)
+            if i < self.layers:
+                ops.bias_act(z, params[f"b{i}"], self.act)
+            h = z
+        return h
 
-    def backward(self, params: dict[str, Any], hs: list[Any], dz: Any, out: dict | None) -> dict[str, Any]:
-        grads: dict[str, Any] = {}
+    def backward(self, params: dict[str, Any], ws: dict[str, Any], dz: Any, out: dict[str, Any],
+                 ops: Any) -> None:
         d = dz
         for i in range(self.layers, 0, -1):
-            grads[f"W{i}"] = into(out, f"W{i}", hs[i - 1].T @ d)
-            grads[f"b{i}"] = into(out, f"b{i}", d.sum(axis=0))
+            xp = _xp(d)
+            xp.matmul(ws[f"h{i - 1}"].T, d, out=out[f"W{i}"])
             if i > 1:
-                d = _act_grad(self.activation, hs[i - 1], d @ params[f"W{i}"].T)
-        return grads
+                nd = ws[f"d{i - 1}"]
+                xp.matmul(d, params[f"W{i}"].T, out=nd)
+                ops.act_back_colsum(nd, ws[f"h{i - 1}"], out[f"b{i - 1}"], self.act)
+                d = nd
 
 
 class SoftmaxRegression(MLP):
@@ -84,3 +73,9 @@ class LinearRegression(MLP):
 
     def __init__(self, d: int, outputs: int = 1):
         super().__init__([d, outputs], classifier=False)
+
+
+def _xp(a: Any) -> Any:
+    from .base import xp_of
+
+    return xp_of(a)

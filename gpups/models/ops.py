@@ -1,0 +1,121 @@
+"""Layer operations of the built-in models, one interface per array module.
+
+``ops_for(xp)`` returns the numba kernels (:mod:`gpups.kernels.cpu_nn`) for numpy, the CUDA
+kernels for CuPy when they are available, else :class:`ArrayOps`: the same operations written
+with array expressions, which also serve the tests as the reference.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+RELU, TANH, SIGMOID, IDENTITY = 0, 1, 2, 3
+ACT_CODES = {"relu": RELU, "tanh": TANH, "sigmoid": SIGMOID, "identity": IDENTITY}
+
+
+class ArrayOps:
+    """Reference implementations in array expressions (numpy or CuPy)."""
+
+    def __init__(self, xp: Any):
+        self.xp = xp
+
+    def bias_act(self, z, b, act):
+        xp = self.xp
+        z += b
+        if act == RELU:
+            xp.maximum(z, 0, out=z)
+        elif act == TANH:
+            xp.tanh(z, out=z)
+        elif act == SIGMOID:
+            z[...] = 1 / (1 + xp.exp(-z))
+
+    def act_back_colsum(self, d, h, db, act):
+        if act == RELU:
+            d *= h > 0
+        elif act == TANH:
+            d *= 1 - h * h
+        elif act == SIGMOID:
+            d *= h * (1 - h)
+        db[...] = d.sum(axis=0)
+
+    def softmax_xent(self, z, b, y, dz, db):
+        xp = self.xp
+        n = z.shape[0]
+        v = z + b
+        v -= v.max(axis=1, keepdims=True)
+        e = xp.exp(v)
+        s = e.sum(axis=1, keepdims=True)
+        rows = xp.arange(n)
+        loss = (xp.log(s[:, 0]) - v[rows, y]).mean()
+        dz[...] = e / (s * n)
+        dz[rows, y] -= 1.0 / n
+        db[...] = dz.sum(axis=0)
+        return loss
+
+    def softmax_eval(self, z, b, y):
+        xp = self.xp
+        v = z + b
+        v -= v.max(axis=1, keepdims=True)
+        ls = xp.log(xp.exp(v).sum(axis=1)) - v[xp.arange(len(y)), y]
+        return ls.sum(), (v.argmax(axis=1) == y).sum()
+
+    def im2col(self, x, kh, kw, pad, cols):
+        n, H, W, C = x.shape
+        Ho, Wo = H + 2 * pad - kh + 1, W + 2 * pad - kw + 1
+        xp_ = self.xp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        c4 = cols.reshape(n, Ho, Wo, kh, kw, C)
+        for ky in range(kh):
+            for kx in range(kw):
+                c4[:, :, :, ky, kx, :] = xp_[:, ky:ky + Ho, kx:kx + Wo, :]
+
+    def col2im(self, cols, kh, kw, pad, dx):
+        n, H, W, C = dx.shape
+        Ho, Wo = H + 2 * pad - kh + 1, W + 2 * pad - kw + 1
+        big = self.xp.zeros((n, H + 2 * pad, W + 2 * pad, C), dx.dtype)
+        c4 = cols.reshape(n, Ho, Wo, kh, kw, C)
+        for ky in range(kh):
+            for kx in range(kw):
+                big[:, ky:ky + Ho, kx:kx + Wo, :] += c4[:, :, :, ky, kx, :]
+        dx[...] = big[:, pad:pad + H, pad:pad + W, :]
+
+    def maxpool2(self, x, y, arg):
+        xp = self.xp
+        n, H, W, C = x.shape
+        win = x.reshape(n, H // 2, 2, W // 2, 2, C).transpose(0, 1, 3, 2, 4, 5).reshape(n, H // 2, W // 2, 4, C)
+        k = win.argmax(axis=3)
+        y[...] = win.max(axis=3)
+        oy = xp.arange(H // 2)[None, :, None, None]
+        ox = xp.arange(W // 2)[None, None, :, None]
+        c = xp.arange(C)[None, None, None, :]
+        arg[...] = ((2 * oy + k // 2) * W + 2 * ox + k % 2) * C + c
+
+    def maxpool2_back(self, dy, arg, dx):
+        xp = self.xp
+        n = dx.shape[0]
+        flat = dx.reshape(n, -1)
+        flat[...] = 0
+        rows = xp.arange(n)[:, None]
+        # each input pixel is the max of at most one window: no collisions
+        flat[rows, arg.reshape(n, -1)] += dy.reshape(n, -1)
+
+
+class NumbaOps:
+    def __getattr__(self, name: str) -> Any:
+        from gpups.kernels import cpu_nn
+
+        return getattr(cpu_nn.ops(), name)
+
+
+_numba = NumbaOps()
+
+
+def ops_for(xp: Any) -> Any:
+    if xp is np:
+        return _numba
+    try:
+        from gpups.kernels import cuda_nn
+
+        return cuda_nn.ops()
+    except Exception:
+        return ArrayOps(xp)
