@@ -80,21 +80,9 @@ class Run:
     def train(self, epochs: int) -> list[dict[str, Any]]:
         progress = Progress(epochs, enabled=self.opts.progress)
         try:
-            for epoch in range(self.first_epoch, epochs):
-                for w in self.workers:
-                    w.cursor = 0
-                    w.reset_stats()
-                    w.dropped = 0
-                t0 = time.perf_counter()
-                self.policy.run_epoch(self, epoch)
-                self.barrier()
-                seconds = time.perf_counter() - t0
-                metrics = self.validate()
-                rec = epoch_record(epoch, seconds, self.workers, metrics, self.opts.utype)
-                self.history.append(rec)
-                progress.epoch(rec)
-                if self.opts.checkpoint:
-                    ckpt.save(self.opts.checkpoint, epoch + 1, self.state_dict(epoch + 1))
+            with self.device.compute_threads(self.opts.k):
+                for epoch in range(self.first_epoch, epochs):
+                    self.epoch(epoch, progress)
         except StreamError as err:
             self.cancel()
             who = err.stream_name
@@ -108,6 +96,22 @@ class Run:
         finally:
             self.close()
         return self.history
+
+    def epoch(self, epoch: int, progress: Progress) -> None:
+        for w in self.workers:
+            w.cursor = 0
+            w.reset_stats()
+            w.dropped = 0
+        t0 = time.perf_counter()
+        self.policy.run_epoch(self, epoch)
+        self.barrier()
+        seconds = time.perf_counter() - t0
+        metrics = self.validate()
+        rec = epoch_record(epoch, seconds, self.workers, metrics, self.opts.utype)
+        self.history.append(rec)
+        progress.epoch(rec)
+        if self.opts.checkpoint:
+            ckpt.save(self.opts.checkpoint, epoch + 1, self.state_dict(epoch + 1))
 
     def barrier(self) -> None:
         for ev in [w.stream.record() for w in self.workers]:

@@ -197,10 +197,3 @@ for _name in _NAMES:
     _f = globals()["_" + _name]
     setattr(parallel_ops, _name, njit(parallel=True, nogil=True, cache=True)(_f))
     setattr(serial_ops, _name, njit(nogil=True, cache=True)(_twin(_f, "_serial")))
-
-
-def ops():
-    """The serial kernels: per-batch tensors are small (a few hundred KB), and waking OpenMP
-    threads for each of them cost more than it saved (measured: MLP step 4.05 ms parallel,
-    3.77 ms serial, 2 cores). Workers on threads run them concurrently anyway."""
-    return serial_ops

@@ -101,10 +101,26 @@ class ArrayOps:
 
 
 class NumbaOps:
+    """The numba kernels: parallel for large tensors on the main thread (a lone worker runs
+    inline there and has the cores to itself), serial otherwise (small tensors, where waking
+    OpenMP threads costs more than it saves, and worker threads, which run concurrently)."""
+
+    PARALLEL_MIN = 1 << 18
+
     def __getattr__(self, name: str) -> Any:
+        import threading
+
         from gpups.kernels import cpu_nn
 
-        return getattr(cpu_nn.ops(), name)
+        par, ser = getattr(cpu_nn.parallel_ops, name), getattr(cpu_nn.serial_ops, name)
+        main = threading.main_thread()
+
+        def call(*args: Any) -> Any:
+            big = args[0].size >= self.PARALLEL_MIN and threading.current_thread() is main
+            return (par if big else ser)(*args)
+
+        setattr(self, name, call)
+        return call
 
 
 _numba = NumbaOps()
