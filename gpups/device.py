@@ -45,6 +45,10 @@ class CPUDevice:
     def rows(self, idx: Sequence[int]) -> np.ndarray:
         return np.asarray(idx, np.int64)
 
+    @staticmethod
+    def set_counter(counter: np.ndarray, value: int) -> None:
+        counter[0] = value
+
     def to_host(self, array: Any) -> np.ndarray:
         return np.asarray(array)
 

@@ -8,12 +8,13 @@ import numpy as np
 
 
 def epoch_record(epoch: int, seconds: float, workers: list, metrics: dict[str, float],
-                 utype: str) -> dict[str, Any]:
-    losses = [float(l) for w in workers for l in w.losses]
+                 utype: str, skipped: list[int]) -> dict[str, Any]:
+    counts = sum(w.loss_count for w in workers)
+    loss = sum(w.mean_loss() * w.loss_count for w in workers if w.loss_count) / counts if counts else None
     samples = sum(w.samples for w in workers)
     rec: dict[str, Any] = {
         "epoch": epoch + 1,
-        "loss": float(np.mean(losses)) if losses else None,
+        "loss": loss,
         **metrics,
         "samples": samples,
         "samples_per_s": samples / seconds if seconds > 0 else float("inf"),
@@ -24,6 +25,8 @@ def epoch_record(epoch: int, seconds: float, workers: list, metrics: dict[str, f
     }
     if utype == "sbp":
         rec["dropped"] = [w.dropped for w in workers]
+    if any(skipped):
+        rec["skipped"] = skipped
     return rec
 
 

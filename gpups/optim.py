@@ -64,13 +64,14 @@ class Builtin:
         b1, b2 = hp["beta1"], hp["beta2"]
         return hp["lr"], b1, b2, hp["eps"], 1.0 / (1.0 - b1 ** step), 1.0 / (1.0 - b2 ** step)
 
-    def apply(self, kernels: Any, serial: bool, G: Any, rows: Any, scale: float, w: Any,
+    def apply(self, kernels: Any, serial: bool, G: Any, rows: Any, bad: Any, scale: float, w: Any,
               state: dict[str, Any], step: int) -> None:
-        """``w -= update(mean of G[rows])``; ``step`` counts updates of this state, from 1."""
+        """``w -= update(scale * sum of G[rows])`` over the rows not flagged in ``bad``; ``step``
+        counts updates of this state, from 1."""
         serial = serial or w.shape[0] < getattr(kernels, "PARALLEL_MIN", 0)
         fn = kernels.UPDATES[self.name][1 if serial else 0]
         dt = w.dtype.type
-        fn(G, rows, dt(scale), w, *state.values(), *(dt(s) for s in self.scalars(step)))
+        fn(G, rows, bad, dt(scale), w, *state.values(), *(dt(s) for s in self.scalars(step)))
 
 
 @dataclass
@@ -86,14 +87,14 @@ class UserRule:
     def init_state(self, xp: Any, n: int, dtype: Any) -> dict[str, Any]:
         return {}
 
-    def apply(self, kernels: Any, serial: bool, G: Any, rows: Any, scale: float, w: Any,
+    def apply(self, kernels: Any, serial: bool, G: Any, rows: Any, bad: Any, scale: float, w: Any,
               state: dict[str, Any], step: int, lo: int = 0) -> None:
         agg_fn = kernels.aggregate_serial if serial else kernels.aggregate
         key = (id(w), w.shape[0])
         g = self._grad.get(key)
         if g is None:
             g = self._grad[key] = w.copy()
-        agg_fn(G, rows, w.dtype.type(scale), g)
+        agg_fn(G, rows, bad, w.dtype.type(scale), g)
         names = self.layout.names_in(lo, lo + w.shape[0])
         params, grads = self._views(w, lo, names), self._views(g, lo, names)
         new_params, new_state = self.fn(params, grads, state.get("user", {}), self.hp)

@@ -16,6 +16,7 @@ UTYPES = ("BSP", "ASP", "SSP", "SBP", "HOGWILD")
 FREQS = ("BATCH", "NBATCHES", "EPOCH")
 PUSHES = ("gradients", "model")
 BACKENDS = ("local",)
+NONFINITE = ("raise", "skip")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Options:
     resume: bool
     seed: int
     progress: bool
+    nonfinite: str = "raise"
 
 
 def choice(option: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -127,7 +129,7 @@ def validate(model: Any, features: Any, labels: Any, *, upd: Any, agg: Any, utyp
              epochs: Any, batchsize: Any, k: Any, servers: Any, scheme: Any, hyperparams: Any,
              val_features: Any, val_labels: Any, evaluate: Any, nbatches: Any, push: Any,
              staleness: Any, backup_workers: Any, backend: Any, checkpoint: Any, resume: Any,
-             seed: Any, progress: Any) -> Options:
+             seed: Any, progress: Any, nonfinite: Any = "raise") -> Options:
     check_model(model)
     check_data(features, labels)
     if (val_features is None) != (val_labels is None):
@@ -174,8 +176,9 @@ def validate(model: Any, features: Any, labels: Any, *, upd: Any, agg: Any, utyp
         raise option_error("resume", resume, "False unless checkpoint= names a folder")
     sd = integer("seed", seed, 0)
     pg = flag("progress", progress)
+    nf = choice("nonfinite", nonfinite, NONFINITE)
     return Options(agg, ut, fr, ep, bs, kk, sv, sc, nb, ps, st, bw, be,
-                   None if checkpoint is None else os.fspath(checkpoint), rs, sd, pg)
+                   None if checkpoint is None else os.fspath(checkpoint), rs, sd, pg, nf)
 
 
 def check_partitions(parts: list, batchsize: int, n: int, k: int) -> None:

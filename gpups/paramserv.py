@@ -33,7 +33,8 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
               val_labels: Any = None, evaluate: Callable | None = None, nbatches: int = 1,
               push: str = "gradients", staleness: int = 0, backup_workers: int = 0,
               device: Any = "auto", backend: str = "local", checkpoint: str | None = None,
-              resume: bool = False, seed: int = 0, progress: bool = True) -> Result:
+              resume: bool = False, seed: int = 0, progress: bool = True,
+              nonfinite: str = "raise") -> Result:
     """Train ``model`` with ``k`` workers and ``servers`` parameter-server shards.
 
     ``upd(params, features, labels, hyperparams)`` returns the gradients of a mini-batch (a dict
@@ -41,13 +42,16 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
     update rule: ``sgd``, ``momentum``, ``nesterov``, ``adagrad``, ``adam`` (fused kernels) or a
     function ``agg(params, grads, state, hyperparams) -> (params, state)``. ``utype`` is the sync
     mode (``BSP``, ``ASP``, ``SSP``, ``SBP``, ``HOGWILD``), ``freq`` how often workers push
-    (``BATCH``, ``NBATCHES``, ``EPOCH``). Inputs are never mutated. See README.md for every option.
+    (``BATCH``, ``NBATCHES``, ``EPOCH``). A push holding NaN or Inf is never applied; with
+    ``nonfinite="raise"`` the run stops naming the worker and batch, with ``"skip"`` it goes on and
+    counts it. Inputs are never mutated. See README.md for every option.
     """
     opts = validate(model, features, labels, upd=upd, agg=agg, utype=utype, freq=freq, epochs=epochs,
                     batchsize=batchsize, k=k, servers=servers, scheme=scheme, hyperparams=hyperparams,
                     val_features=val_features, val_labels=val_labels, evaluate=evaluate,
                     nbatches=nbatches, push=push, staleness=staleness, backup_workers=backup_workers,
-                    backend=backend, checkpoint=checkpoint, resume=resume, seed=seed, progress=progress)
+                    backend=backend, checkpoint=checkpoint, resume=resume, seed=seed, progress=progress,
+                    nonfinite=nonfinite)
     hp = resolve_hyperparams(opts.agg, hyperparams)
     dev = resolve(device)
     n = features.shape[0]
@@ -108,4 +112,5 @@ def dry_run(dev: Any, layout: Layout, init: Any, X: Any, y: Any, rows: np.ndarra
         rule = make_rule(agg, hp)
         rule.layout = layout
         G = dev.xp.zeros((1, layout.size), flat.dtype)
-        rule.apply(dev.kernels, True, G, dev.rows([0]), 1.0, flat, rule.init_state(dev.xp, layout.size, flat.dtype), 1)
+        rule.apply(dev.kernels, True, G, dev.rows([0]), dev.xp.zeros(1, dev.xp.int64), 1.0, flat,
+                   rule.init_state(dev.xp, layout.size, flat.dtype), 1)

@@ -102,16 +102,36 @@ class Run:
             w.cursor = 0
             w.reset_stats()
             w.dropped = 0
+            w.stream.launch(w.start_epoch)
+        skipped_before = self.skipped()
         t0 = time.perf_counter()
         self.policy.run_epoch(self, epoch)
         self.barrier()
         seconds = time.perf_counter() - t0
+        self.check_finite(epoch)
         metrics = self.validate()
-        rec = epoch_record(epoch, seconds, self.workers, metrics, self.opts.utype)
+        skipped = [a - b for a, b in zip(self.skipped(), skipped_before)]
+        rec = epoch_record(epoch, seconds, self.workers, metrics, self.opts.utype, skipped)
         self.history.append(rec)
         progress.epoch(rec)
         if self.opts.checkpoint:
             ckpt.save(self.opts.checkpoint, epoch + 1, self.state_dict(epoch + 1))
+
+    def skipped(self) -> list[int]:
+        return [int(v) for v in self.device.to_host(self.server.bad[1])]
+
+    def check_finite(self, epoch: int) -> None:
+        """With nonfinite='raise', stop at the first push that held NaN or Inf (the server
+        skipped it, so the model is still finite), naming the worker and the batch."""
+        if self.opts.nonfinite != "raise":
+            return
+        first = self.device.to_host(self.server.bad[2])
+        for j, b in enumerate(first):
+            if b:
+                self.cancel()
+                raise WorkerError(f"worker {j}", f"its gradient held NaN or Inf in epoch {epoch + 1}, "
+                                  f"batch {int(b)} (push skipped; pass nonfinite='skip' to skip such "
+                                  "pushes and go on)")
 
     def barrier(self) -> None:
         for ev in [w.stream.record() for w in self.workers]:

@@ -36,11 +36,13 @@ class ParamServer:
     push: str = "gradients"
     shards: list[Shard] = field(init=False)
     G: Any = field(init=False)  # (k, n) push buffers, row j = worker j's
+    bad: Any = field(init=False)  # (3, k) int64: [0] push flagged non-finite (skipped), [1] count, [2] first batch
     version: int = 0            # updates applied so far (staleness is measured in these)
 
     def __post_init__(self) -> None:
         xp, n = self.device.xp, self.layout.size
         self.G = xp.zeros((self.k, n), self.w.dtype)
+        self.bad = xp.zeros((3, self.k), xp.int64)
         if isinstance(self.rule, UserRule):
             self.rule.layout = self.layout
         cuts = self.layout.shards(self.servers, whole_tensors=isinstance(self.rule, UserRule))
@@ -78,12 +80,13 @@ class ParamServer:
         sh.step += 1
         G, w = self.G[:, sh.lo:sh.hi], self.w[sh.lo:sh.hi]
         kernels = self.device.kernels
+        bad = self.bad[0]
         if self.push == "model":  # payloads are model deltas: w += scale * sum(deltas)
-            kernels.UPDATES["sgd"][1 if serial else 0](G, rows, w.dtype.type(scale), w, w.dtype.type(-1.0))
+            kernels.UPDATES["sgd"][1 if serial else 0](G, rows, bad, w.dtype.type(scale), w, w.dtype.type(-1.0))
         elif isinstance(self.rule, UserRule):
-            self.rule.apply(kernels, serial, G, rows, scale, w, sh.state, sh.step, lo=sh.lo)
+            self.rule.apply(kernels, serial, G, rows, bad, scale, w, sh.state, sh.step, lo=sh.lo)
         else:
-            self.rule.apply(kernels, serial, G, rows, scale, w, sh.state, sh.step)
+            self.rule.apply(kernels, serial, G, rows, bad, scale, w, sh.state, sh.step)
 
     def synchronize(self) -> None:
         for sh in self.shards:
@@ -92,7 +95,7 @@ class ParamServer:
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         to_host = self.device.to_host
-        out: dict[str, Any] = {"w": to_host(self.w), "version": self.version}
+        out: dict[str, Any] = {"w": to_host(self.w), "version": self.version, "bad": to_host(self.bad)}
         for sh in self.shards:
             out[f"shard{sh.index}.step"] = sh.step
             for slot, arr in sh.state.items():
@@ -102,6 +105,7 @@ class ParamServer:
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.w[...] = self.device.place(d["w"])
         self.version = int(d["version"])
+        self.bad[...] = self.device.place(d["bad"])
         for sh in self.shards:
             sh.step = int(d[f"shard{sh.index}.step"])
             for slot in list(sh.state):

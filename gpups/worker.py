@@ -9,6 +9,10 @@ payload in the worker's row of the server's push buffer:
   the next pull overwrites it).
 - ``push="model"``: every step updates the replica locally; the payload is the replica's change
   since its pull (the server adds the mean change: model averaging).
+
+Each payload is checked for NaN/Inf (``server.bad``): a flagged push is skipped by the server's
+kernels and reported by the scheduler. On a GPU, full-batch steps of built-in models replay a
+CUDA graph (:mod:`gpups.gpu`) that gathers the batch by a device-side counter.
 """
 from __future__ import annotations
 
@@ -41,17 +45,22 @@ def accepts_out(fn: Callable) -> bool:
 class Worker:
     def __init__(self, j: int, device: Any, features: Any, labels: Any, rows: np.ndarray,
                  layout: Layout, server: Any, upd: Callable, hp: dict, rule: Any,
-                 batchsize: int, push: str, alias: bool = False, concurrent: bool = True):
+                 batchsize: int, push: str, alias: bool = False, concurrent: bool = True,
+                 check_finite: bool = True):
         self.j, self.device, self.layout, self.server = j, device, layout, server
         self.upd, self.hp, self.rule, self.push = upd, hp, rule, push
         self.wants_out = accepts_out(upd)
+        self.check_finite = check_finite
         xp = device.xp
+        ys = labels[rows]
+        if ys.dtype.kind in "iub":
+            ys = ys.astype(np.int64) if isinstance(ys, np.ndarray) else ys.astype(xp.int64)
         self.X = device.place(features[rows], j)  # the partition moves to the worker's device once
-        self.y = device.place(labels[rows], j)
+        self.y = device.place(ys, j)
         self.n, self.batchsize = len(rows), batchsize
         self.batches = math.ceil(self.n / batchsize)
         self.stream = device.worker_stream(j, concurrent)
-        # alias: compute on the server's parameters directly (HOGWILD, one step per push)
+        # alias: compute on the server's parameters directly (BSP, HOGWILD; one step per push)
         self.replica = server.w if alias else xp.empty_like(server.w)
         self.params = layout.views(self.replica)
         self.payload = server.G[j]
@@ -62,7 +71,11 @@ class Worker:
         self.local_state = rule.init_state(xp, layout.size, server.w.dtype)
         self.local_step = 0
         self.one = device.rows([0])
-        self.cursor = 0      # next batch within the epoch
+        self.nobad = xp.zeros(1, xp.int64)
+        self.counter = xp.zeros(1, xp.int64)   # batches done this epoch (device side for graphs)
+        self.loss_dev = xp.zeros((), xp.float64) if device.kind != "cpu" else None
+        self.graphs = device.step_graphs(self) if device.kind != "cpu" else None
+        self.cursor = 0      # next batch within the epoch (host side)
         self.where = ""      # for error messages: epoch and batch being run
         self.reset_stats()
 
@@ -74,10 +87,22 @@ class Worker:
         return [per] * full + ([rest] if rest else [])
 
     def reset_stats(self) -> None:
-        self.losses: list[Any] = []
+        self.loss_host, self.loss_count = 0.0, 0
         self.samples = 0
         self.pushes = 0
         self.staleness: list[int] = []
+
+    def mean_loss(self) -> float | None:
+        if not self.loss_count:
+            return None
+        total = self.loss_host + (float(self.loss_dev) if self.loss_dev is not None else 0.0)
+        return total / self.loss_count
+
+    def start_epoch(self) -> None:
+        """On the worker's stream: the batch counter and the device loss sum back to 0."""
+        self.counter.fill(0)
+        if self.loss_dev is not None:
+            self.loss_dev.fill(0)
 
     # -- stream work ---------------------------------------------------------------------------
     def snapshot_base(self) -> None:
@@ -86,25 +111,33 @@ class Worker:
     def run(self, nsteps: int, epoch: int) -> None:
         """``nsteps`` local steps, leaving the payload in ``server.G[j]``."""
         push_grads = self.push == "gradients"
+        if self.check_finite:
+            self.server.bad[0, self.j] = 0
         for s in range(nsteps):
             b = self.cursor
             self.cursor += 1
             self.where = f"epoch {epoch + 1}, batch {b + 1}"
             lo, hi = b * self.batchsize, min((b + 1) * self.batchsize, self.n)
             direct = push_grads and s == 0  # first gradient goes straight into the payload
-            target = self.payload if direct else self.grad
-            self._gradient(self.X[lo:hi], self.y[lo:hi], target)
+            local = s < nsteps - 1 or not push_grads
+            if self.graphs is None or not self.graphs.replay(direct, local, hi - lo):
+                self.step(self.X[lo:hi], self.y[lo:hi], direct, local)
+                self.device.set_counter(self.counter, b + 1)
             self.samples += hi - lo
-            if push_grads:
-                if not direct:
-                    self.payload += self.grad
-                if s < nsteps - 1:
-                    self._local_update(target)
-            else:
-                self._local_update(target)
         if not push_grads:
             self.device.xp.subtract(self.replica, self.base, out=self.payload)
+        if self.check_finite:
+            self.device.kernels.flag_nonfinite(self.payload, self.server.bad, self.j, self.counter)
         self.pushes += 1
+
+    def step(self, x: Any, y: Any, direct: bool, local: bool) -> None:
+        """One batch: gradient into the payload (``direct``) or added to it; local update."""
+        target = self.payload if direct else self.grad
+        self._gradient(x, y, target)
+        if self.push == "gradients" and not direct:
+            self.payload += self.grad
+        if local:
+            self._local_update(target)
 
     def _gradient(self, x: Any, y: Any, target: Any) -> None:
         views = self.grad_views if target is self.grad else self.payload_views
@@ -118,11 +151,15 @@ class Worker:
                                  f"the parameter has shape {view.shape}")
             view[...] = g
         if loss is not None:
-            self.losses.append(loss)
+            self.loss_count += 1
+            if self.loss_dev is not None and not isinstance(loss, (float, int, np.generic)):
+                self.device.xp.add(self.loss_dev, loss, out=self.loss_dev)
+            else:
+                self.loss_host += float(loss)
 
     def _local_update(self, g: Any) -> None:
         self.local_step += 1
-        self.rule.apply(self.device.kernels, True, g[None, :], self.one, 1.0, self.replica,
+        self.rule.apply(self.device.kernels, True, g[None, :], self.one, self.nobad, 1.0, self.replica,
                         self.local_state, self.local_step)
 
     def hogwild_push(self) -> None:

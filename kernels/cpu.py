@@ -24,49 +24,74 @@ CHUNK = 4096  # elements per parallel task: the summed gradient of a chunk stays
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _gather(G, rows, scale, lo, hi, acc):
-    """acc[:hi-lo] = scale * sum(G[rows, lo:hi]); element-wise loops, so they vectorise.
+def _good_scale(rows, bad, scale):
+    """Rows whose worker flagged a non-finite push are skipped; the others' mean is kept
+    (scale * rows / good rows). 0 when no row is good: the kernel then changes nothing."""
+    good = 0
+    for t in range(rows.shape[0]):
+        if bad[rows[t]] == 0:
+            good += 1
+    return scale * rows.shape[0] / good if good else 0.0
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _gather(G, rows, bad, scale, lo, hi, acc):
+    """acc[:hi-lo] = scale * sum(G[good rows, lo:hi]); element-wise loops, so they vectorise.
     (With one row and scale 1, the common k=1 case, it is a plain copy into L1.)"""
-    r0 = rows[0]
-    for i in range(lo, hi):
-        acc[i - lo] = G[r0, i]
-    for t in range(1, rows.shape[0]):
+    first = True
+    for t in range(rows.shape[0]):
         r = rows[t]
-        for i in range(lo, hi):
-            acc[i - lo] += G[r, i]
+        if bad[r] != 0:
+            continue
+        if first:
+            for i in range(lo, hi):
+                acc[i - lo] = G[r, i]
+            first = False
+        else:
+            for i in range(lo, hi):
+                acc[i - lo] += G[r, i]
     if scale != 1:
         for i in range(lo, hi):
             acc[i - lo] *= scale
 
 
-def _sgd(G, rows, scale, w, lr):
+def _sgd(G, rows, bad, scale, w, lr):
     n = w.shape[0]
+    scale = _good_scale(rows, bad, scale)
+    if scale == 0:
+        return
     for c in prange((n + CHUNK - 1) // CHUNK):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         g = np.empty(CHUNK, w.dtype)
-        _gather(G, rows, scale, lo, hi, g)
+        _gather(G, rows, bad, scale, lo, hi, g)
         for i in range(lo, hi):
             w[i] -= lr * g[i - lo]
 
 
-def _momentum(G, rows, scale, w, v, lr, mu):
+def _momentum(G, rows, bad, scale, w, v, lr, mu):
     n = w.shape[0]
+    scale = _good_scale(rows, bad, scale)
+    if scale == 0:
+        return
     for c in prange((n + CHUNK - 1) // CHUNK):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         g = np.empty(CHUNK, w.dtype)
-        _gather(G, rows, scale, lo, hi, g)
+        _gather(G, rows, bad, scale, lo, hi, g)
         for i in range(lo, hi):
             vi = mu * v[i] + g[i - lo]
             v[i] = vi
             w[i] -= lr * vi
 
 
-def _nesterov(G, rows, scale, w, v, lr, mu):
+def _nesterov(G, rows, bad, scale, w, v, lr, mu):
     n = w.shape[0]
+    scale = _good_scale(rows, bad, scale)
+    if scale == 0:
+        return
     for c in prange((n + CHUNK - 1) // CHUNK):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         g = np.empty(CHUNK, w.dtype)
-        _gather(G, rows, scale, lo, hi, g)
+        _gather(G, rows, bad, scale, lo, hi, g)
         for i in range(lo, hi):
             gi = g[i - lo]
             vi = mu * v[i] + gi
@@ -74,12 +99,15 @@ def _nesterov(G, rows, scale, w, v, lr, mu):
             w[i] -= lr * (gi + mu * vi)
 
 
-def _adagrad(G, rows, scale, w, h, lr, eps):
+def _adagrad(G, rows, bad, scale, w, h, lr, eps):
     n = w.shape[0]
+    scale = _good_scale(rows, bad, scale)
+    if scale == 0:
+        return
     for c in prange((n + CHUNK - 1) // CHUNK):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         g = np.empty(CHUNK, w.dtype)
-        _gather(G, rows, scale, lo, hi, g)
+        _gather(G, rows, bad, scale, lo, hi, g)
         for i in range(lo, hi):
             gi = g[i - lo]
             hi_ = h[i] + gi * gi
@@ -87,14 +115,17 @@ def _adagrad(G, rows, scale, w, h, lr, eps):
             w[i] -= lr * gi / (np.sqrt(hi_) + eps)
 
 
-def _adam(G, rows, scale, w, m, v, lr, b1, b2, eps, bc1, bc2):
+def _adam(G, rows, bad, scale, w, m, v, lr, b1, b2, eps, bc1, bc2):
     # bc1 = 1/(1-b1^t), bc2 = 1/(1-b2^t): bias corrections computed on the host per step
     n = w.shape[0]
     one = w.dtype.type(1.0)
+    scale = _good_scale(rows, bad, scale)
+    if scale == 0:
+        return
     for c in prange((n + CHUNK - 1) // CHUNK):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         g = np.empty(CHUNK, w.dtype)
-        _gather(G, rows, scale, lo, hi, g)
+        _gather(G, rows, bad, scale, lo, hi, g)
         for i in range(lo, hi):
             gi = g[i - lo]
             mi = b1 * m[i] + (one - b1) * gi
@@ -104,11 +135,15 @@ def _adam(G, rows, scale, w, m, v, lr, b1, b2, eps, bc1, bc2):
             w[i] -= lr * (mi * bc1) / (np.sqrt(vi * bc2) + eps)
 
 
-def _aggregate(G, rows, scale, out):
+def _aggregate(G, rows, bad, scale, out):
     n = out.shape[0]
+    scale = _good_scale(rows, bad, scale)
+    if scale == 0:
+        out[:] = 0
+        return
     for c in prange((n + CHUNK - 1) // CHUNK):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        _gather(G, rows, scale, lo, hi, out[lo:hi])
+        _gather(G, rows, bad, scale, lo, hi, out[lo:hi])
 
 
 def _all_finite(x):
@@ -117,6 +152,20 @@ def _all_finite(x):
         if not np.isfinite(x[i]):
             bad += 1
     return bad == 0
+
+
+def _flag_nonfinite(x, bad, j, stamp):
+    """If x holds NaN or Inf: bad[0, j] = stamp (the server skips worker j's push), bad[1, j]
+    counts such pushes, bad[2, j] keeps the first stamp (the batch reported)."""
+    found = 0
+    for i in prange(x.shape[0]):
+        if not np.isfinite(x[i]):
+            found += 1
+    if found:
+        bad[0, j] = stamp[0]
+        bad[1, j] += 1
+        if bad[2, j] == 0:
+            bad[2, j] = stamp[0]
 
 
 def _twin(f, suffix: str):
@@ -138,6 +187,7 @@ adagrad, adagrad_serial = _build(_adagrad)
 adam, adam_serial = _build(_adam)
 aggregate, aggregate_serial = _build(_aggregate)
 all_finite, all_finite_serial = _build(_all_finite)
+flag_nonfinite, flag_nonfinite_serial = _build(_flag_nonfinite)
 
 UPDATES = {
     "sgd": (sgd, sgd_serial),

@@ -176,3 +176,37 @@ def test_failure_in_a_later_step_with_wrong_shape_is_named(setup):
 
     with pytest.raises(gpups.WorkerError, match=r"gradient for 'b2' of shape \(7,\); the parameter has shape \(3,\)"):
         call(setup, upd=flaky, k=1, batchsize=10)
+
+
+def nan_after(net, calls_before_nan, worker_label=None):
+    seen = {"n": 0}
+
+    def upd(p, x, y, hp):
+        g, loss = net.gradients(p, x, np.abs(y), hp)
+        if worker_label is None or int(y[0]) == worker_label:
+            seen["n"] += 1
+            if seen["n"] > calls_before_nan:
+                g["W1"][0, 0] = np.nan
+        return g, loss
+    return upd
+
+
+@pytest.mark.parametrize("utype", UTYPES)
+def test_nonfinite_gradient_stops_the_run_naming_worker_and_batch(setup, utype):
+    net, params, X, y = setup
+    y = y.copy()
+    y[60:120] = -1  # worker 1 of 4
+    kw = {"staleness": 1} if utype == "SSP" else {"backup_workers": 1} if utype == "SBP" else {}
+    with pytest.raises(gpups.WorkerError, match=r"worker 1 failed: its gradient held NaN or Inf in "
+                                                r"epoch 1, batch 3"):
+        call(setup, labels=y, upd=nan_after(net, 2, -1), utype=utype, k=4, batchsize=5, **kw)
+
+
+def test_nonfinite_skip_goes_on_with_a_finite_model(setup):
+    net, params, X, y = setup
+    res = call(setup, upd=nan_after(net, 5), k=2, batchsize=10, nonfinite="skip", epochs=2)
+    assert all(np.isfinite(v).all() for v in res.model.values())
+    # 24 pushes per epoch; upd ran finite 5 times: once in the dry run, then 4 pushes
+    assert sum(res.history[0]["skipped"]) == 24 - 4 and sum(res.history[1]["skipped"]) == 24
+    with pytest.raises(ValueError, match=r"nonfinite='warn'.*'raise', 'skip'"):
+        call(setup, nonfinite="warn")

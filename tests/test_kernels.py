@@ -1,10 +1,24 @@
-"""The fused numba kernels against the textbook formulas, on poisoned buffers."""
+"""The fused optimizer kernels against the textbook formulas, on poisoned buffers, for the numba
+kernels and (marked gpu) their CUDA twins."""
 import numpy as np
 import pytest
 
-from gpups.kernels import cpu
-
 RNG = np.random.default_rng(0)
+
+
+def numba_backend():
+    from gpups.kernels import cpu
+    return cpu, np
+
+
+def cuda_backend():
+    import cupy
+    from gpups.kernels import cuda
+    return cuda, cupy
+
+
+BACKENDS = [pytest.param(numba_backend, id="numba"),
+            pytest.param(cuda_backend, id="cuda", marks=pytest.mark.gpu)]
 
 
 def reference(name, g, w, state, hp, t):
@@ -35,37 +49,63 @@ HP = {"sgd": (0.1,), "momentum": (0.1, 0.9), "nesterov": (0.1, 0.9), "adagrad": 
 SLOTS = {"sgd": (), "momentum": ("v",), "nesterov": ("v",), "adagrad": ("h",), "adam": ("m", "v")}
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-5)])
 @pytest.mark.parametrize("name", list(HP))
 @pytest.mark.parametrize("serial", [False, True])
-def test_fused_update_matches_formula(name, dtype, rtol, serial):
-    k, n = 5, 1001
+def test_fused_update_matches_formula(backend, name, dtype, rtol, serial):
+    kernels, xp = backend()
+    k, n = 5, 10001
     G = RNG.standard_normal((k, n)).astype(dtype)
-    G[3] = np.nan  # poison: a buffer not in rows must never be read
-    rows = np.array([0, 2, 4], np.int64)
+    G[3] = np.nan    # poison: a buffer not in rows must never be read
+    G[1, 7] = np.inf  # worker 1 is in rows but flagged bad: skipped
+    rows = np.array([0, 1, 2, 4], np.int64)
+    bad = np.array([0, 9, 0, 0, 0], np.int64)
     w0 = RNG.standard_normal(n).astype(dtype)
     state0 = {s: np.abs(RNG.standard_normal(n)).astype(dtype) for s in SLOTS[name]}
     t = 3
-    g = G[rows].sum(0) / 3
+    g = G[[0, 2, 4]].sum(0) / 3  # mean over the good rows
     hp = HP[name]
     scalars = hp if name != "adam" else hp + (1 / (1 - hp[1] ** t), 1 / (1 - hp[2] ** t))
-    w = w0.copy()
-    state = {s: v.copy() for s, v in state0.items()}
-    fn = cpu.UPDATES[name][1 if serial else 0]
-    fn(G, rows, dtype(1 / 3), w, *state.values(), *(dtype(x) for x in scalars))
+    w = xp.array(w0)  # a copy: w0 stays the reference input
+    state = {s: xp.array(v) for s, v in state0.items()}
+    fn = kernels.UPDATES[name][1 if serial else 0]
+    fn(xp.asarray(G), xp.asarray(rows), xp.asarray(bad), dtype(1 / 4), w, *state.values(),
+       *(dtype(x) for x in scalars))
     w_ref, st_ref = reference(name, g.astype(np.float64), w0.astype(np.float64),
                               {s: v.astype(np.float64) for s, v in state0.items()}, hp, t)
-    np.testing.assert_allclose(w, w_ref, rtol=rtol, atol=rtol)
+    host = (lambda a: a.get()) if xp is not np else (lambda a: a)
+    np.testing.assert_allclose(host(w), w_ref, rtol=rtol, atol=rtol)
     for s in state:
-        np.testing.assert_allclose(state[s], st_ref[s], rtol=rtol, atol=rtol)
+        np.testing.assert_allclose(host(state[s]), st_ref[s], rtol=rtol, atol=rtol)
 
 
-def test_aggregate_and_finite_check():
-    G = RNG.standard_normal((4, 100))
-    out = np.full(100, np.nan)
-    cpu.aggregate(G, np.array([1, 3], np.int64), 0.5, out)
-    np.testing.assert_allclose(out, (G[1] + G[3]) / 2)
-    assert cpu.all_finite(G[0])
-    x = G[0].copy()
-    x[50] = np.inf
-    assert not cpu.all_finite(x)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_rows_bad_changes_nothing(backend):
+    kernels, xp = backend()
+    G = xp.asarray(np.full((2, 100), np.nan))
+    w = xp.asarray(RNG.standard_normal(100))
+    v = xp.asarray(RNG.standard_normal(100))
+    w0, v0 = w.copy(), v.copy()
+    kernels.UPDATES["momentum"][0](G, xp.asarray([0, 1]), xp.asarray([1, 1]), 0.5, w, v, 0.1, 0.9)
+    assert bool((w == w0).all()) and bool((v == v0).all())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_aggregate_and_nonfinite_flags(backend):
+    kernels, xp = backend()
+    G = RNG.standard_normal((4, 1000))
+    out = xp.asarray(np.full(1000, np.nan))
+    kernels.aggregate(xp.asarray(G), xp.asarray([1, 3]), xp.zeros(4, xp.int64), 0.5, out)
+    np.testing.assert_allclose(out.get() if xp is not np else out, (G[1] + G[3]) / 2)
+    bad = xp.zeros((3, 4), xp.int64)
+    stamp = xp.asarray([7], dtype=xp.int64)
+    x = xp.asarray(G[0].copy())
+    kernels.flag_nonfinite(x, bad, 2, stamp)
+    assert int(bad.sum()) == 0
+    x[500] = np.inf
+    kernels.flag_nonfinite(x, bad, 2, stamp)
+    stamp[0] = 9
+    kernels.flag_nonfinite(x, bad, 2, stamp)
+    got = bad.get() if xp is not np else bad
+    assert got[:, 2].tolist() == [9, 2, 7] and int(got.sum()) == 18
