@@ -40,7 +40,7 @@ class CPUDevice:
 
     def place(self, array: Any, j: int | None = None) -> np.ndarray:
         """The array on this device (workers' partitions, the server's buffers)."""
-        return np.ascontiguousarray(array)
+        return np.ascontiguousarray(host(array))
 
     def rows(self, idx: Sequence[int]) -> np.ndarray:
         return np.asarray(idx, np.int64)
@@ -50,7 +50,10 @@ class CPUDevice:
         counter[0] = value
 
     def to_host(self, array: Any) -> np.ndarray:
-        return np.asarray(array)
+        return host(array)
+
+    def synchronize(self) -> None:
+        pass
 
     def describe(self) -> str:
         return "cpu (numpy + numba)"
@@ -64,6 +67,11 @@ class CPUDevice:
         from threadpoolctl import threadpool_limits
 
         return threadpool_limits(max(1, (os.cpu_count() or 1) // k), user_api="blas")
+
+
+def host(array: Any) -> np.ndarray:
+    """A numpy array from a numpy or CuPy array."""
+    return array.get() if hasattr(array, "get") and not isinstance(array, np.ndarray) else np.asarray(array)
 
 
 def cuda_available() -> bool:

@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import checkpoint as ckpt
-from .device import resolve
+from .device import host, resolve
 from .flat import Layout
 from .optim import check_like, make_rule, resolve_hyperparams
 from .options import array_module, check_partitions, validate
@@ -24,6 +24,7 @@ class Result:
     history: list[dict[str, Any]]         # one record per epoch (see docs/architecture.md)
     device: str = "cpu"
     clock_log: list[tuple[int, int, int]] = field(default_factory=list)  # SSP (worker, clock, slowest)
+    graphs: int = 0  # CUDA graphs captured (GPU: push intervals replayed with one launch)
 
 
 def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Callable,
@@ -64,9 +65,9 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
     in_xp = array_module(next(iter(model.values())))
     init = np.empty(layout.size, layout.dtype) if in_xp is np else in_xp.empty(layout.size, layout.dtype)
     layout.flatten(model, init)
-    init = dev.to_host(init) if dev.kind == "cpu" else init
-    xf = features if dev.kind != "cpu" else dev.to_host(features)
-    yl = labels if dev.kind != "cpu" else dev.to_host(labels)
+    if dev.kind == "cpu":  # CuPy inputs train on the CPU too when asked
+        init, features, labels = host(init), host(features), host(labels)
+    xf, yl = features, labels
     dry_run(dev, layout, init, xf, yl, parts[0][: opts.batchsize], upd, opts.agg, hp)
     val = None
     if val_features is not None:
@@ -89,9 +90,10 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
     flat = run.server.w
     out = {}
     for name, view in layout.views(flat).items():
-        host = dev.to_host(view)
-        out[name] = np.array(host, copy=True) if in_xp is np else in_xp.asarray(host).copy()
-    return Result(out, history, dev.describe(), run.clock_log)
+        arr = dev.to_host(view)
+        out[name] = np.array(arr, copy=True) if in_xp is np else in_xp.asarray(arr).copy()
+    graphs = sum(len(w.graphs.graphs) for w in run.workers if getattr(w, "graphs", None) is not None)
+    return Result(out, history, dev.describe(), run.clock_log, graphs)
 
 
 def dry_run(dev: Any, layout: Layout, init: Any, X: Any, y: Any, rows: np.ndarray, upd: Callable,

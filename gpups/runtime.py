@@ -45,6 +45,7 @@ class Run:
         self.clock_log: list[tuple[int, int, int]] = []  # SSP: (worker, its clock, slowest clock)
         self.history: list[dict[str, Any]] = []
         self.first_epoch = 0
+        device.synchronize()  # set-up copies ran on the default stream: finish them first
 
     # -- primitives for policies ---------------------------------------------------------------
     def plans(self) -> list[list[int]]:
@@ -190,6 +191,7 @@ class Run:
                     w.local_state[slot][...] = self.device.place(val)
         self.history = list(state["history"])
         self.first_epoch = int(state["epoch"])
+        self.device.synchronize()
 
 
 def check_metrics(out: Any) -> dict[str, Any]:

@@ -75,6 +75,8 @@ class Worker:
         self.counter = xp.zeros(1, xp.int64)   # batches done this epoch (device side for graphs)
         self.loss_dev = xp.zeros((), xp.float64) if device.kind != "cpu" else None
         self.graphs = device.step_graphs(self) if device.kind != "cpu" else None
+        self.has_loss = False
+        self.epoch = 0
         self.cursor = 0      # next batch within the epoch (host side)
         self.where = ""      # for error messages: epoch and batch being run
         self.reset_stats()
@@ -109,35 +111,55 @@ class Worker:
         self.base[...] = self.replica
 
     def run(self, nsteps: int, epoch: int) -> None:
-        """``nsteps`` local steps, leaving the payload in ``server.G[j]``."""
+        """``nsteps`` local steps, leaving the payload in ``server.G[j]`` (host bookkeeping here,
+        device work in :meth:`interval`, eagerly or as a CUDA graph replay)."""
+        b0 = self.cursor
+        self.cursor += nsteps
+        self.epoch = epoch
+        full = (b0 + nsteps) * self.batchsize <= self.n
+        if not (self.graphs is not None and full and self.graphs.replay(nsteps)):
+            self.interval(nsteps, b0)
+        self.where = f"epoch {epoch + 1}, batch {b0 + nsteps}"
+        self.samples += min((b0 + nsteps) * self.batchsize, self.n) - b0 * self.batchsize
+        if self.has_loss:
+            self.loss_count += nsteps
+        self.local_step += nsteps if self.push == "model" else nsteps - 1
+        self.pushes += 1
+
+    def interval(self, nsteps: int, b0: int, graph: Any = None) -> None:
+        """The device work of one push interval from batch ``b0``. With ``graph`` (capture), the
+        batches are gathered at the device-side counter instead of sliced by the host."""
         push_grads = self.push == "gradients"
         if self.check_finite:
             self.server.bad[0, self.j] = 0
         for s in range(nsteps):
-            b = self.cursor
-            self.cursor += 1
-            self.where = f"epoch {epoch + 1}, batch {b + 1}"
-            lo, hi = b * self.batchsize, min((b + 1) * self.batchsize, self.n)
+            b = b0 + s
+            self.where = f"epoch {self.epoch + 1}, batch {b + 1}"
+            if graph is not None:
+                x, y = graph.gather()
+            else:
+                lo, hi = b * self.batchsize, min((b + 1) * self.batchsize, self.n)
+                x, y = self.X[lo:hi], self.y[lo:hi]
             direct = push_grads and s == 0  # first gradient goes straight into the payload
             local = s < nsteps - 1 or not push_grads
-            if self.graphs is None or not self.graphs.replay(direct, local, hi - lo):
-                self.step(self.X[lo:hi], self.y[lo:hi], direct, local)
+            self.step(x, y, direct, local, s)
+            if graph is not None:
+                graph.advance()
+            else:
                 self.device.set_counter(self.counter, b + 1)
-            self.samples += hi - lo
         if not push_grads:
             self.device.xp.subtract(self.replica, self.base, out=self.payload)
         if self.check_finite:
             self.device.kernels.flag_nonfinite(self.payload, self.server.bad, self.j, self.counter)
-        self.pushes += 1
 
-    def step(self, x: Any, y: Any, direct: bool, local: bool) -> None:
+    def step(self, x: Any, y: Any, direct: bool, local: bool, s: int = 0) -> None:
         """One batch: gradient into the payload (``direct``) or added to it; local update."""
         target = self.payload if direct else self.grad
         self._gradient(x, y, target)
         if self.push == "gradients" and not direct:
             self.payload += self.grad
         if local:
-            self._local_update(target)
+            self._local_update(target, self.local_step + s + 1)
 
     def _gradient(self, x: Any, y: Any, target: Any) -> None:
         views = self.grad_views if target is self.grad else self.payload_views
@@ -150,17 +172,16 @@ class Worker:
                 raise ValueError(f"upd returned a gradient for {name!r} of shape {tuple(g.shape)}; "
                                  f"the parameter has shape {view.shape}")
             view[...] = g
+        self.has_loss = loss is not None
         if loss is not None:
-            self.loss_count += 1
             if self.loss_dev is not None and not isinstance(loss, (float, int, np.generic)):
                 self.device.xp.add(self.loss_dev, loss, out=self.loss_dev)
             else:
                 self.loss_host += float(loss)
 
-    def _local_update(self, g: Any) -> None:
-        self.local_step += 1
+    def _local_update(self, g: Any, step: int) -> None:
         self.rule.apply(self.device.kernels, True, g[None, :], self.one, self.nobad, 1.0, self.replica,
-                        self.local_state, self.local_step)
+                        self.local_state, step)
 
     def hogwild_push(self) -> None:
         """Apply the payload to the server's parameters from this worker's stream, unlocked."""

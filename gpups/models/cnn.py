@@ -61,36 +61,36 @@ class LeNet(Model):
         return xp_of(x).ascontiguousarray(x.transpose(0, 2, 3, 1))
 
     def logits(self, params: dict[str, Any], x: Any, ws: dict[str, Any], ops: Any) -> Any:
-        xp, n, k, pad = xp_of(x), x.shape[0], self.k, self.pad
+        n, k, pad = x.shape[0], self.k, self.pad
         x4 = self._nhwc(x)
         ops.im2col(x4, k, k, pad, ws["cols1"])
-        xp.matmul(ws["cols1"], params["W1"].reshape(-1, self.F1), out=ws["a1"])
+        ops.gemm(ws["cols1"], params["W1"].reshape(-1, self.F1), ws["a1"])
         ops.bias_act(ws["a1"], params["b1"], RELU)
         ops.maxpool2(ws["a1"].reshape(n, self.H, self.W, self.F1), ws["p1"], ws["arg1"])
         ops.im2col(ws["p1"], k, k, pad, ws["cols2"])
-        xp.matmul(ws["cols2"], params["W2"].reshape(-1, self.F2), out=ws["a2"])
+        ops.gemm(ws["cols2"], params["W2"].reshape(-1, self.F2), ws["a2"])
         ops.bias_act(ws["a2"], params["b2"], RELU)
         ops.maxpool2(ws["a2"].reshape(n, self.H // 2, self.W // 2, self.F2), ws["p2"], ws["arg2"])
-        xp.matmul(ws["p2"].reshape(n, -1), params["W3"], out=ws["h3"])
+        ops.gemm(ws["p2"].reshape(n, -1), params["W3"], ws["h3"])
         ops.bias_act(ws["h3"], params["b3"], RELU)
-        xp.matmul(ws["h3"], params["W4"], out=ws["h4"])
+        ops.gemm(ws["h3"], params["W4"], ws["h4"])
         return ws["h4"]
 
     def backward(self, params: dict[str, Any], ws: dict[str, Any], dz: Any, out: dict[str, Any],
                  ops: Any) -> None:
-        xp, n, k, pad = xp_of(dz), dz.shape[0], self.k, self.pad
+        n, k, pad = dz.shape[0], self.k, self.pad
         H2, W2 = self.H // 2, self.W // 2
-        xp.matmul(ws["h3"].T, dz, out=out["W4"])
-        xp.matmul(dz, params["W4"].T, out=ws["d3"])
+        ops.gemm(ws["h3"].T, dz, out["W4"])
+        ops.gemm(dz, params["W4"].T, ws["d3"])
         ops.act_back_colsum(ws["d3"], ws["h3"], out["b3"], RELU)
         p2 = ws["p2"].reshape(n, -1)
-        xp.matmul(p2.T, ws["d3"], out=out["W3"])
-        xp.matmul(ws["d3"], params["W3"].T, out=ws["dp2"])
+        ops.gemm(p2.T, ws["d3"], out["W3"])
+        ops.gemm(ws["d3"], params["W3"].T, ws["dp2"])
         ops.maxpool2_back(ws["dp2"].reshape(ws["p2"].shape), ws["arg2"], ws["da2"].reshape(n, H2, W2, self.F2))
         ops.act_back_colsum(ws["da2"], ws["a2"], out["b2"], RELU)
-        xp.matmul(ws["cols2"].T, ws["da2"], out=out["W2"].reshape(-1, self.F2))
-        xp.matmul(ws["da2"], params["W2"].reshape(-1, self.F2).T, out=ws["dcols2"])
+        ops.gemm(ws["cols2"].T, ws["da2"], out["W2"].reshape(-1, self.F2))
+        ops.gemm(ws["da2"], params["W2"].reshape(-1, self.F2).T, ws["dcols2"])
         ops.col2im(ws["dcols2"], k, k, pad, ws["dp1"])
         ops.maxpool2_back(ws["dp1"], ws["arg1"], ws["da1"].reshape(n, self.H, self.W, self.F1))
         ops.act_back_colsum(ws["da1"], ws["a1"], out["b1"], RELU)
-        xp.matmul(ws["cols1"].T, ws["da1"], out=out["W1"].reshape(-1, self.F1))
+        ops.gemm(ws["cols1"].T, ws["da1"], out["W1"].reshape(-1, self.F1))

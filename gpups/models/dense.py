@@ -42,7 +42,7 @@ class MLP(Model):
         ws["h0"] = h
         for i in range(1, self.layers + 1):
             z = ws[f"h{i}"]
-            _xp(z).matmul(h, params[f"W{i}"], out=z)
+            ops.gemm(h, params[f"W{i}"], z)
             if i < self.layers:
                 ops.bias_act(z, params[f"b{i}"], self.act)
             h = z
@@ -52,11 +52,10 @@ class MLP(Model):
                  ops: Any) -> None:
         d = dz
         for i in range(self.layers, 0, -1):
-            xp = _xp(d)
-            xp.matmul(ws[f"h{i - 1}"].T, d, out=out[f"W{i}"])
+            ops.gemm(ws[f"h{i - 1}"].T, d, out[f"W{i}"])
             if i > 1:
                 nd = ws[f"d{i - 1}"]
-                xp.matmul(d, params[f"W{i}"].T, out=nd)
+                ops.gemm(d, params[f"W{i}"].T, nd)
                 ops.act_back_colsum(nd, ws[f"h{i - 1}"], out[f"b{i - 1}"], self.act)
                 d = nd
 
@@ -73,9 +72,3 @@ class LinearRegression(MLP):
 
     def __init__(self, d: int, outputs: int = 1):
         super().__init__([d, outputs], classifier=False)
-
-
-def _xp(a: Any) -> Any:
-    from .base import xp_of
-
-    return xp_of(a)

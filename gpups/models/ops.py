@@ -20,6 +20,9 @@ class ArrayOps:
     def __init__(self, xp: Any):
         self.xp = xp
 
+    def gemm(self, a, b, out):
+        return self.xp.matmul(a, b, out=out)
+
     def bias_act(self, z, b, act):
         xp = self.xp
         z += b
@@ -106,6 +109,10 @@ class NumbaOps:
     OpenMP threads costs more than it saves, and worker threads, which run concurrently)."""
 
     PARALLEL_MIN = 1 << 18
+
+    @staticmethod
+    def gemm(a: Any, b: Any, out: Any) -> Any:
+        return np.matmul(a, b, out=out)
 
     def __getattr__(self, name: str) -> Any:
         import threading

@@ -1,0 +1,233 @@
+"""The GPU engine: CUDA streams and events behind the same interface as :mod:`gpups.streams`,
+and CUDA graphs of the workers' push intervals.
+
+One host thread drives everything. Each worker owns a non-blocking stream; each server shard
+owns one too. BSP orders work with events only (shard streams wait on the workers' push events,
+worker streams wait on the shards' update events); ASP/SSP/SBP poll ``Event.done``.
+
+A push interval of a built-in model (gather the batch at the worker's device-side counter,
+forward, backward, local updates, non-finite check) is captured once per worker and interval
+length as a CUDA graph and replayed with one launch. GEMMs go through :mod:`gpups.kernels.cublas`,
+which works inside a capture. Whatever cannot be captured runs eagerly, with the reason given
+once as a warning.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import Any, Callable, Sequence
+
+import cupy as cp
+import numpy as np
+
+from .streams import StreamError
+
+_warned: set[str] = set()
+
+
+class CudaEvent:
+    __slots__ = ("raw",)
+    error = None
+
+    def __init__(self, raw: Any):
+        self.raw = raw
+
+    @property
+    def done(self) -> bool:
+        return self.raw.done
+
+    def synchronize(self, timeout: float | None = None) -> None:
+        self.raw.synchronize()
+
+
+class CudaStream:
+    """A non-blocking CUDA stream; ``launch`` runs a callable with it as the current stream."""
+
+    RING = 8  # events are recycled: a stream's recent events stay valid for the policies
+
+    def __init__(self, name: str, device_id: int):
+        self.name, self.device_id = name, device_id
+        with cp.cuda.Device(device_id):
+            self.raw = cp.cuda.Stream(non_blocking=True)
+            self._events = [cp.cuda.Event(block=False, disable_timing=True) for _ in range(self.RING)]
+        self._next = 0
+
+    def launch(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            with cp.cuda.Device(self.device_id), self.raw:
+                fn(*args)
+        except Exception as exc:
+            raise StreamError(self.name, exc) from exc
+
+    def record(self) -> CudaEvent:
+        ev = self._events[self._next]
+        self._next = (self._next + 1) % self.RING
+        ev.record(self.raw)
+        return CudaEvent(ev)
+
+    def wait_event(self, event: CudaEvent) -> None:
+        self.raw.wait_event(event.raw)
+
+    def synchronize(self) -> None:
+        self.raw.synchronize()
+
+    def cancel(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class CUDADevice:
+    kind = "cuda"
+    xp = cp
+
+    def __init__(self, ids: Sequence[int]):
+        if len(set(ids)) > 1:
+            raise ValueError(f"device={['cuda:%d' % i for i in ids]!r} is not allowed yet: one GPU per run "
+                             "(workers on several GPUs are planned); pass 'cuda:N'")
+        self.ids = list(ids)
+        self.id = self.ids[0]
+        n = cp.cuda.runtime.getDeviceCount()
+        if self.id >= n:
+            raise ValueError(f"device='cuda:{self.id}' is not allowed: this machine has {n} GPU(s)")
+        from .kernels import cuda as kernels
+
+        self.kernels = kernels
+        self.name = cp.cuda.runtime.getDeviceProperties(self.id)["name"].decode()
+        self._rows: dict[tuple, Any] = {}
+
+    def worker_stream(self, j: int, concurrent: bool = True) -> CudaStream:
+        return CudaStream(f"worker {j}", self.id)
+
+    def server_stream(self, s: int) -> CudaStream:
+        return CudaStream(f"server shard {s}", self.id)
+
+    def wait_any(self, events: Sequence[CudaEvent]) -> list[int]:
+        while True:
+            ready = [i for i, e in enumerate(events) if e.done]
+            if ready:
+                return ready
+            time.sleep(0)
+
+    def place(self, array: Any, j: int | None = None) -> Any:
+        with cp.cuda.Device(self.id):
+            return cp.ascontiguousarray(cp.asarray(array))
+
+    def rows(self, idx: Sequence[int]) -> Any:
+        key = tuple(int(i) for i in idx)
+        arr = self._rows.get(key)
+        if arr is None:
+            with cp.cuda.Device(self.id):
+                arr = self._rows[key] = cp.asarray(np.asarray(key, np.int64))
+        return arr
+
+    @staticmethod
+    def set_counter(counter: Any, value: int) -> None:
+        counter.fill(value)
+
+    @staticmethod
+    def to_host(array: Any) -> np.ndarray:
+        return cp.asnumpy(array)
+
+    def describe(self) -> str:
+        return f"cuda:{self.id} ({self.name})"
+
+    def synchronize(self) -> None:
+        cp.cuda.Device(self.id).synchronize()
+
+    def compute_threads(self, k: int) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def step_graphs(self, worker: Any) -> "IntervalGraphs | None":
+        reason = graph_blocker(worker)
+        if reason:
+            warn_once(f"worker steps run eagerly (no CUDA graph): {reason}")
+            return None
+        return IntervalGraphs(worker)
+
+
+def warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        warnings.warn("gpups: " + msg, RuntimeWarning, stacklevel=3)
+
+
+def graph_blocker(worker: Any) -> str | None:
+    """Why this worker's intervals cannot be captured, or None."""
+    from .models.base import Model
+    from .optim import Builtin
+
+    if os.environ.get("GPUPS_GRAPHS", "1") == "0":
+        return "GPUPS_GRAPHS=0"
+    if not isinstance(getattr(worker.upd, "__self__", None), Model):
+        return "upd is not a built-in model's gradients (user functions run eagerly)"
+    if worker.hp.get("reg"):
+        return "hyperparams['reg'] allocates per step"
+    if not isinstance(worker.rule, Builtin):
+        return "a user-written agg runs on the host"
+    if worker.rule.name == "adam" and worker.push == "model":
+        return "local adam steps change their bias correction every step"
+    return None
+
+
+class IntervalGraphs:
+    """CUDA graphs of one worker's push intervals, one per interval length."""
+
+    def __init__(self, worker: Any):
+        self.w = worker
+        self.graphs: dict[int, Any] = {}
+        self.warm: set[int] = set()
+        self.disabled = False
+        X, y, bs = worker.X, worker.y, worker.batchsize
+        self.xb = cp.empty((bs, *X.shape[1:]), X.dtype)
+        self.yb = cp.empty((bs, *y.shape[1:]), y.dtype)
+
+    def gather(self) -> tuple[Any, Any]:
+        from .kernels.cuda_nn import gather_batch
+
+        gather_batch(self.w.X, self.xb, self.w.counter)
+        gather_batch(self.w.y, self.yb, self.w.counter)
+        return self.xb, self.yb
+
+    def advance(self) -> None:
+        from .kernels.cuda_nn import counter_inc
+
+        counter_inc(self.w.counter)
+
+    def replay(self, nsteps: int) -> bool:
+        """Launch the graph of an ``nsteps`` interval (capturing it first); False: run eagerly."""
+        if self.disabled:
+            return False
+        if self.w.rule.name == "adam" and (nsteps > 1):
+            return False  # local adam steps: bias corrections differ per step
+        graph = self.graphs.get(nsteps)
+        if graph is None:
+            if nsteps not in self.warm:  # first an eager run: modules, handles, workspaces
+                self.warm.add(nsteps)
+                return False
+            graph = self.capture(nsteps)
+            if graph is None:
+                return False
+        graph.launch(self.w.stream.raw)
+        return True
+
+    def capture(self, nsteps: int) -> Any:
+        s = self.w.stream.raw
+        graph = None
+        try:
+            with cp.cuda.Device(self.w.stream.device_id), s:
+                s.begin_capture()
+                try:
+                    self.w.interval(nsteps, self.w.cursor - nsteps, graph=self)
+                finally:
+                    graph = s.end_capture()
+        except Exception as exc:  # eager from now on, correctly
+            self.disabled = True
+            warn_once(f"worker steps run eagerly: capturing a CUDA graph failed ({type(exc).__name__}: {exc})")
+            return None
+        self.graphs[nsteps] = graph
+        return graph

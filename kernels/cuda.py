@@ -1,0 +1,75 @@
+"""CUDA twins of :mod:`gpups.kernels.cpu`: the fused optimizer kernels of ``optim.cu``, loaded
+with CuPy's ``RawModule`` and launched on the current stream, with the same signatures."""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import cupy as cp
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+THREADS = 256
+
+
+@functools.lru_cache(maxsize=None)
+def module(name: str, device: int) -> cp.RawModule:
+    with open(os.path.join(HERE, name + ".cu")) as f:
+        return cp.RawModule(code=f.read(), options=("-std=c++14",))
+
+
+def function(mod: str, name: str, dtype: Any) -> Any:
+    suffix = "f32" if np.dtype(dtype) == np.float32 else "f64"
+    return module(mod, cp.cuda.Device().id).get_function(f"{name}_{suffix}")
+
+
+@functools.lru_cache(maxsize=None)
+def _sms() -> int:
+    return cp.cuda.Device().attributes["MultiProcessorCount"]
+
+
+def blocks(n: int) -> int:
+    """Enough blocks to fill the device (grid-stride loops do the rest)."""
+    return max(1, min((int(n) + THREADS - 1) // THREADS, _sms() * 16))
+
+
+_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "adam": 2}
+
+
+def _update(name: str) -> Any:
+    nslots = _SLOTS[name]
+
+    def launch(G: Any, rows: Any, bad: Any, scale: float, w: Any, *rest: Any) -> None:
+        T = w.dtype.type
+        state, hyper = rest[:nslots], rest[nslots:]
+        n = w.shape[0]
+        f = function("optim", name, w.dtype)
+        f((blocks(n),), (THREADS,), (G, np.int64(G.strides[0] // G.itemsize), rows, np.int32(rows.shape[0]),
+                                     bad, T(scale), w, *state, np.int64(n), *(T(h) for h in hyper)))
+
+    launch.__name__ = name
+    return launch
+
+
+UPDATES = {name: (_update(name),) * 2 for name in _SLOTS}
+
+
+def aggregate(G: Any, rows: Any, bad: Any, scale: float, out: Any) -> None:
+    n = out.shape[0]
+    function("optim", "aggregate", out.dtype)(
+        (blocks(n),), (THREADS,), (G, np.int64(G.strides[0] // G.itemsize), rows, np.int32(rows.shape[0]),
+                                   bad, out.dtype.type(scale), out, np.int64(n)))
+
+
+aggregate_serial = aggregate
+
+
+def flag_nonfinite(x: Any, bad: Any, j: int, stamp: Any) -> None:
+    n = x.shape[0]
+    function("optim", "flag_nonfinite", x.dtype)(
+        (blocks(n),), (THREADS,), (x, np.int64(n), bad, np.int32(bad.shape[1]), np.int32(j), stamp))
+
+
+def all_finite(x: Any) -> bool:
+    return bool(cp.isfinite(x).all())

@@ -1,0 +1,114 @@
+"""CUDA twins of :mod:`gpups.kernels.cpu_nn` (``nn.cu``) with the interface of
+:class:`gpups.models.ops.ArrayOps`, plus ``gemm`` through the graph-safe cuBLAS binding.
+
+Reductions write into scratch buffers kept per (stream, shape, dtype): the same addresses on
+every call, so a captured step can be replayed. Nothing here allocates once warm.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import cupy as cp
+import numpy as np
+
+from . import cublas
+from .cuda import THREADS, blocks, function
+
+
+class CudaOps:
+    def __init__(self) -> None:
+        self._scratch: dict[tuple, Any] = {}
+
+    def scratch(self, tag: str, shape: tuple, dtype: Any) -> Any:
+        key = (cp.cuda.get_current_stream().ptr, tag, shape, np.dtype(dtype).str)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = cp.empty(shape, dtype)
+        return buf
+
+    @staticmethod
+    def gemm(a: Any, b: Any, out: Any) -> Any:
+        return cublas.gemm(a, b, out)
+
+    def bias_act(self, z: Any, b: Any, act: int) -> None:
+        rows, m = z.shape
+        function("nn", "bias_act", z.dtype)((blocks(z.size),), (THREADS,),
+                                            (z, b, np.int64(rows), np.int32(m), np.int32(act)))
+
+    def colsum(self, d: Any, out: Any, scale: float = 1.0) -> None:
+        rows, m = d.shape
+        chunks = max(1, min(64, (rows + 255) // 256))
+        chunk = (rows + chunks - 1) // chunks
+        part = self.scratch("colsum", (chunks, m), d.dtype)
+        function("nn", "colsum_partial", d.dtype)(((m + 31) // 32, chunks), (32, 8),
+                                                  (d, part, np.int64(rows), np.int32(m), np.int64(chunk)))
+        function("nn", "colsum_final", d.dtype)((blocks(m),), (THREADS,),
+                                                (part, out, np.int32(chunks), np.int32(m), d.dtype.type(scale)))
+
+    def act_back_colsum(self, d: Any, h: Any, db: Any, act: int) -> None:
+        if act != 3:
+            function("nn", "act_back", d.dtype)((blocks(d.size),), (THREADS,),
+                                                (d, h, np.int64(d.size), np.int32(act)))
+        self.colsum(d, db)
+
+    def softmax_xent(self, z: Any, b: Any, y: Any, dz: Any, db: Any) -> Any:
+        n, c = z.shape
+        lrow = self.scratch("lrow", (n, 1), z.dtype)
+        loss = self.scratch("loss", (1,), z.dtype)
+        function("nn", "softmax_xent", z.dtype)((blocks(n),), (THREADS,), (z, b, y, dz, lrow, np.int64(n), np.int32(c)))
+        self.colsum(dz, db)
+        self.colsum(lrow, loss)
+        return loss.reshape(())
+
+    def softmax_eval(self, z: Any, b: Any, y: Any) -> tuple[Any, Any]:
+        n, c = z.shape
+        tmp = self.scratch("evaltmp", (2, n), z.dtype)
+        sums = self.scratch("evalsums", (2,), z.dtype)
+        function("nn", "softmax_eval", z.dtype)((blocks(n),), (THREADS,), (z, b, y, tmp[0], tmp[1], np.int64(n), np.int32(c)))
+        self.colsum(tmp[0].reshape(n, 1), sums[0:1])
+        self.colsum(tmp[1].reshape(n, 1), sums[1:2])
+        return sums[0], sums[1]
+
+    def im2col(self, x: Any, kh: int, kw: int, pad: int, cols: Any) -> None:
+        n, H, W, C = x.shape
+        function("nn", "im2col", x.dtype)((blocks(cols.size),), (THREADS,),
+                                          (x, cols, np.int32(n), np.int32(H), np.int32(W), np.int32(C),
+                                           np.int32(kh), np.int32(kw), np.int32(pad)))
+
+    def col2im(self, cols: Any, kh: int, kw: int, pad: int, dx: Any) -> None:
+        n, H, W, C = dx.shape
+        function("nn", "col2im", dx.dtype)((blocks(dx.size),), (THREADS,),
+                                           (cols, dx, np.int32(n), np.int32(H), np.int32(W), np.int32(C),
+                                            np.int32(kh), np.int32(kw), np.int32(pad)))
+
+    def maxpool2(self, x: Any, y: Any, arg: Any) -> None:
+        n, H, W, C = x.shape
+        function("nn", "maxpool2", x.dtype)((blocks(y.size),), (THREADS,),
+                                            (x, y, arg, np.int32(n), np.int32(H), np.int32(W), np.int32(C)))
+
+    def maxpool2_back(self, dy: Any, arg: Any, dx: Any) -> None:
+        n, H, W, C = dx.shape
+        function("nn", "maxpool2_back", dx.dtype)((blocks(dx.size),), (THREADS,),
+                                                  (dy, arg, dx, np.int32(n), np.int32(H), np.int32(W), np.int32(C)))
+
+
+def gather_batch(src: Any, dst: Any, counter: Any) -> None:
+    """dst = the counter[0]-th block of len(dst) rows of src (device-side offset)."""
+    words = dst.nbytes // 4
+    function_plain("gather_words")((blocks(words),), (THREADS,), (src, dst, counter, np.int64(words)))
+
+
+def counter_inc(counter: Any) -> None:
+    function_plain("counter_inc")((1,), (1,), (counter,))
+
+
+def function_plain(name: str) -> Any:
+    from .cuda import module
+
+    return module("nn", cp.cuda.Device().id).get_function(name)
+
+
+@functools.lru_cache(maxsize=None)
+def ops() -> CudaOps:
+    return CudaOps()

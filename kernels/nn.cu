@@ -1,0 +1,218 @@
+// Layer kernels for the built-in models (twins of kernels/cpu_nn.py), plus the small kernels a
+// captured worker step needs (batch gather by a device-side counter, counter increment).
+// Activation codes: 0 relu, 1 tanh, 2 sigmoid, 3 identity. Channels-last (NHWC) images.
+// Every reduction is deterministic (no atomics): graph replay equals eager execution bitwise.
+
+#define GRID_STRIDE(i, total)                                                      \
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \
+       i += (long long)gridDim.x * blockDim.x)
+
+template <typename T> __device__ __forceinline__ T neg_inf();
+template <> __device__ __forceinline__ float neg_inf<float>() { return -__int_as_float(0x7f800000); }
+template <> __device__ __forceinline__ double neg_inf<double>() { return -__longlong_as_double(0x7ff0000000000000LL); }
+
+template <typename T>
+__device__ __forceinline__ T activate(T v, int act) {
+  if (act == 0) return v > (T)0 ? v : (T)0;
+  if (act == 1) return tanh(v);
+  if (act == 2) return (T)1 / ((T)1 + exp(-v));
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T act_grad(T h, int act) {  // from the activation's output h
+  if (act == 0) return h > (T)0 ? (T)1 : (T)0;
+  if (act == 1) return (T)1 - h * h;
+  if (act == 2) return h * ((T)1 - h);
+  return (T)1;
+}
+
+template <typename T>
+__device__ void bias_act(T* z, const T* b, long long rows, int m, int act) {
+  GRID_STRIDE(i, rows * m) { z[i] = activate(z[i] + b[i % m], act); }
+}
+
+template <typename T>
+__device__ void act_back(T* d, const T* h, long long total, int act) {
+  GRID_STRIDE(i, total) { d[i] *= act_grad(h[i], act); }
+}
+
+// Column sums of a (rows, m) matrix, pass 1: block (32 columns x 8 lanes), grid (col tiles,
+// chunks); partial[chunk * m + col].
+template <typename T>
+__device__ void colsum_partial(const T* d, T* partial, long long rows, int m, long long chunk) {
+  __shared__ T sh[8][33];
+  const int col = blockIdx.x * 32 + threadIdx.x;
+  const long long r0 = (long long)blockIdx.y * chunk;
+  const long long r1 = min(rows, r0 + chunk);
+  T s = 0;
+  if (col < m)
+    for (long long r = r0 + threadIdx.y; r < r1; r += 8) s += d[r * m + col];
+  sh[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < m) {
+    T t = 0;
+    for (int k = 0; k < 8; ++k) t += sh[k][threadIdx.x];
+    partial[(long long)blockIdx.y * m + col] = t;
+  }
+}
+
+// pass 2: out[col] = scale * sum over chunks of partial[chunk * m + col]
+template <typename T>
+__device__ void colsum_final(const T* partial, T* out, int chunks, int m, T scale) {
+  GRID_STRIDE(col, m) {
+    T t = 0;
+    for (int c = 0; c < chunks; ++c) t += partial[(long long)c * m + col];
+    out[col] = t * scale;
+  }
+}
+
+// One thread per row: dz = (softmax(z + b) - onehot(y)) / n; lrow[i] = loss_i / n.
+template <typename T>
+__device__ void softmax_xent(const T* z, const T* b, const long long* y, T* dz, T* lrow, long long n, int c) {
+  GRID_STRIDE(i, n) {
+    const T* zi = z + i * c;
+    T* di = dz + i * c;
+    T mx = neg_inf<T>();
+    for (int j = 0; j < c; ++j) { T v = zi[j] + b[j]; di[j] = v; mx = v > mx ? v : mx; }
+    T s = 0;
+    for (int j = 0; j < c; ++j) { T e = exp(di[j] - mx); di[j] = e; s += e; }
+    const long long yi = y[i];
+    lrow[i] = (log(s) + mx - (zi[yi] + b[yi])) / (T)n;
+    const T inv = (T)1 / (s * (T)n);
+    for (int j = 0; j < c; ++j) di[j] *= inv;
+    di[yi] -= (T)1 / (T)n;
+  }
+}
+
+// lrow[i] = loss_i, hit[i] = 1 if argmax(z_i + b) == y_i
+template <typename T>
+__device__ void softmax_eval(const T* z, const T* b, const long long* y, T* lrow, T* hit, long long n, int c) {
+  GRID_STRIDE(i, n) {
+    const T* zi = z + i * c;
+    T mx = neg_inf<T>();
+    int arg = 0;
+    for (int j = 0; j < c; ++j) { T v = zi[j] + b[j]; if (v > mx) { mx = v; arg = j; } }
+    T s = 0;
+    for (int j = 0; j < c; ++j) s += exp(zi[j] + b[j] - mx);
+    const long long yi = y[i];
+    lrow[i] = log(s) + mx - (zi[yi] + b[yi]);
+    hit[i] = arg == yi ? (T)1 : (T)0;
+  }
+}
+
+// x (n, H, W, C) -> cols (n*Ho*Wo, kh*kw*C), stride 1, zero padding
+template <typename T>
+__device__ void im2col(const T* x, T* cols, int n, int H, int W, int C, int kh, int kw, int pad) {
+  const int Ho = H + 2 * pad - kh + 1, Wo = W + 2 * pad - kw + 1, K = kh * kw * C;
+  GRID_STRIDE(idx, (long long)n * Ho * Wo * K) {
+    const int k = idx % K;
+    const long long r = idx / K;
+    const int c = k % C, kx = (k / C) % kw, ky = k / (C * kw);
+    const int ox = r % Wo, oy = (r / Wo) % Ho;
+    const long long i = r / ((long long)Wo * Ho);
+    const int yy = oy + ky - pad, xx = ox + kx - pad;
+    cols[idx] = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x[((i * H + yy) * W + xx) * C + c] : (T)0;
+  }
+}
+
+// adjoint of im2col, gathered per input pixel (no atomics)
+template <typename T>
+__device__ void col2im(const T* cols, T* dx, int n, int H, int W, int C, int kh, int kw, int pad) {
+  const int Ho = H + 2 * pad - kh + 1, Wo = W + 2 * pad - kw + 1, K = kh * kw * C;
+  GRID_STRIDE(idx, (long long)n * H * W * C) {
+    const int c = idx % C, xx = (idx / C) % W, yy = (idx / ((long long)C * W)) % H;
+    const long long i = idx / ((long long)C * W * H);
+    T s = 0;
+    for (int ky = 0; ky < kh; ++ky) {
+      const int oy = yy - ky + pad;
+      if (oy < 0 || oy >= Ho) continue;
+      for (int kx = 0; kx < kw; ++kx) {
+        const int ox = xx - kx + pad;
+        if (ox < 0 || ox >= Wo) continue;
+        s += cols[((i * Ho + oy) * Wo + ox) * K + (ky * kw + kx) * C + c];
+      }
+    }
+    dx[idx] = s;
+  }
+}
+
+// 2x2 max-pool, stride 2; arg = flat index (within the sample) of the max, first max on ties
+template <typename T>
+__device__ void maxpool2(const T* x, T* y, long long* arg, int n, int H, int W, int C) {
+  const int Ho = H / 2, Wo = W / 2;
+  GRID_STRIDE(idx, (long long)n * Ho * Wo * C) {
+    const int c = idx % C, ox = (idx / C) % Wo, oy = (idx / ((long long)C * Wo)) % Ho;
+    const long long i = idx / ((long long)C * Wo * Ho);
+    T best = neg_inf<T>();
+    long long where = 0;
+    for (int dy = 0; dy < 2; ++dy)
+      for (int dx = 0; dx < 2; ++dx) {
+        const long long f = ((long long)(2 * oy + dy) * W + (2 * ox + dx)) * C + c;
+        const T v = x[i * H * W * C + f];
+        if (v > best) { best = v; where = f; }
+      }
+    y[idx] = best;
+    arg[idx] = where;
+  }
+}
+
+template <typename T>
+__device__ void maxpool2_back(const T* dy, const long long* arg, T* dx, int n, int H, int W, int C) {
+  const int Ho = H / 2, Wo = W / 2;
+  GRID_STRIDE(idx, (long long)n * H * W * C) {
+    const long long f = idx % ((long long)H * W * C);
+    const long long i = idx / ((long long)H * W * C);
+    const int c = f % C, xx = (f / C) % W, yy = f / ((long long)C * W);
+    const int oy = yy / 2, ox = xx / 2;
+    T v = 0;
+    if (oy < Ho && ox < Wo) {
+      const long long o = ((i * Ho + oy) * Wo + ox) * C + c;
+      if (arg[o] == f) v = dy[o];
+    }
+    dx[idx] = v;
+  }
+}
+
+#define INSTANTIATE(T, S)                                                                          \
+  extern "C" __global__ void bias_act_##S(T* z, const T* b, long long rows, int m, int act) {      \
+    bias_act<T>(z, b, rows, m, act); }                                                             \
+  extern "C" __global__ void act_back_##S(T* d, const T* h, long long total, int act) {            \
+    act_back<T>(d, h, total, act); }                                                               \
+  extern "C" __global__ void colsum_partial_##S(const T* d, T* partial, long long rows, int m,      \
+                                                long long chunk) {                                 \
+    colsum_partial<T>(d, partial, rows, m, chunk); }                                               \
+  extern "C" __global__ void colsum_final_##S(const T* partial, T* out, int chunks, int m, T scale) { \
+    colsum_final<T>(partial, out, chunks, m, scale); }                                             \
+  extern "C" __global__ void softmax_xent_##S(const T* z, const T* b, const long long* y, T* dz,   \
+                                              T* lrow, long long n, int c) {                       \
+    softmax_xent<T>(z, b, y, dz, lrow, n, c); }                                                    \
+  extern "C" __global__ void softmax_eval_##S(const T* z, const T* b, const long long* y, T* lrow, \
+                                              T* hit, long long n, int c) {                        \
+    softmax_eval<T>(z, b, y, lrow, hit, n, c); }                                                   \
+  extern "C" __global__ void im2col_##S(const T* x, T* cols, int n, int H, int W, int C, int kh,   \
+                                        int kw, int pad) {                                         \
+    im2col<T>(x, cols, n, H, W, C, kh, kw, pad); }                                                 \
+  extern "C" __global__ void col2im_##S(const T* cols, T* dx, int n, int H, int W, int C, int kh,  \
+                                        int kw, int pad) {                                         \
+    col2im<T>(cols, dx, n, H, W, C, kh, kw, pad); }                                                \
+  extern "C" __global__ void maxpool2_##S(const T* x, T* y, long long* arg, int n, int H, int W,   \
+                                          int C) {                                                 \
+    maxpool2<T>(x, y, arg, n, H, W, C); }                                                          \
+  extern "C" __global__ void maxpool2_back_##S(const T* dy, const long long* arg, T* dx, int n,    \
+                                               int H, int W, int C) {                              \
+    maxpool2_back<T>(dy, arg, dx, n, H, W, C); }
+
+INSTANTIATE(float, f32)
+INSTANTIATE(double, f64)
+
+// dst[t] = src[counter[0] * words + t]: the batch at the worker's device-side position
+extern "C" __global__ void gather_words(const unsigned int* src, unsigned int* dst,
+                                        const long long* counter, long long words) {
+  const long long base = counter[0] * words;
+  GRID_STRIDE(t, words) { dst[t] = src[base + t]; }
+}
+
+extern "C" __global__ void counter_inc(long long* counter) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) counter[0] += 1;
+}
