@@ -23,9 +23,7 @@ class CPUDevice:
     xp = np
 
     def __init__(self) -> None:
-        from .kernels import cpu as kernels  # numba compiles lazily, on first call
-
-        self.kernels = kernels
+        self.kernels = cpu_kernels()
 
     def worker_stream(self, j: int, concurrent: bool = True) -> Any:
         """A thread per worker; a lone worker runs inline in the scheduler's thread."""
@@ -67,6 +65,22 @@ class CPUDevice:
         from threadpoolctl import threadpool_limits
 
         return threadpool_limits(max(1, (os.cpu_count() or 1) // k), user_api="blas")
+
+
+def cpu_kernels() -> Any:
+    """The numba kernels (compiled lazily, on first call), or their numpy twins where numba
+    cannot be imported."""
+    try:
+        from .kernels import cpu
+
+        return cpu
+    except ImportError as exc:
+        import warnings
+
+        from .kernels import cpu_numpy
+
+        warnings.warn(f"gpups: numba unavailable ({exc}); CPU kernels fall back to numpy", RuntimeWarning)
+        return cpu_numpy
 
 
 def host(array: Any) -> np.ndarray:

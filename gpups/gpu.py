@@ -55,7 +55,7 @@ class CudaStream:
 
     def launch(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
-            with cp.cuda.Device(self.device_id), self.raw:
+            with self.raw:  # one GPU per run: the device is current already
                 fn(*args)
         except Exception as exc:
             raise StreamError(self.name, exc) from exc

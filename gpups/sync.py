@@ -52,7 +52,6 @@ class Arrival:
             for i in run.device.wait_any([self.running[j] for j in order]):
                 j = order[i]
                 self.running.pop(j).synchronize()  # re-raises the worker's error
-                run.check_finite(epoch)
                 self.arrived(j)
 
     def has_work(self, j: int) -> bool:

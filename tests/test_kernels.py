@@ -109,3 +109,19 @@ def test_aggregate_and_nonfinite_flags(backend):
     kernels.flag_nonfinite(x, bad, 2, stamp)
     got = bad.get() if xp is not np else bad
     assert got[:, 2].tolist() == [9, 2, 7] and int(got.sum()) == 18
+
+
+@pytest.mark.parametrize("name", list(HP))
+def test_numpy_fallback_kernels_equal_numba(name):
+    from gpups.kernels import cpu, cpu_numpy
+    G = RNG.standard_normal((4, 777))
+    rows, bad = np.array([0, 1, 3]), np.array([0, 1, 0, 0])
+    outs = []
+    for mod in (cpu, cpu_numpy):
+        w = np.linspace(-1, 1, 777)
+        state = [np.full(777, 0.5) for _ in SLOTS[name]]
+        hp = HP[name] if name != "adam" else HP[name] + (1.5, 1.2)
+        mod.UPDATES[name][0](G, rows, bad, 0.25, w, *state, *hp)
+        outs.append([w, *state])
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)

@@ -131,11 +131,26 @@ class NumbaOps:
 
 
 _numba = NumbaOps()
+_numpy_ops = ArrayOps(np)
+
+
+def _numba_ok() -> bool:
+    global _NUMBA
+    if _NUMBA is None:
+        try:
+            import gpups.kernels.cpu_nn  # noqa: F401
+            _NUMBA = True
+        except ImportError:
+            _NUMBA = False
+    return _NUMBA
+
+
+_NUMBA: bool | None = None
 
 
 def ops_for(xp: Any) -> Any:
     if xp is np:
-        return _numba
+        return _numba if _numba_ok() else _numpy_ops
     try:
         from gpups.kernels import cuda_nn
 

@@ -1,0 +1,192 @@
+"""One script for a lent GPU machine: GPU tests, then the GPU benchmark, then a short table.
+
+Installs nothing. Run from the repository root after
+``pip install --no-deps --no-build-isolation -e .``:
+
+    python benchmarks/gpu_check.py [--skip-tests] [--quick]
+
+Writes ``gpu_check.json`` (and the pytest log) to $OUT (or benchmarks/results/).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+import numpy as np
+
+OUT = os.environ.get("OUT") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+R: dict = {}
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def run_tests(timeout: int) -> None:
+    t = time.time()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-x", "--tb=short", "-p", "no:cacheprovider",
+           "tests/test_gpu.py", "tests/test_kernels.py"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = proc.stdout + proc.stderr
+        R["tests_rc"] = proc.returncode
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        R["tests_rc"] = "timeout"
+    with open(os.path.join(OUT, "pytest.log"), "w") as f:
+        f.write(out)
+    lines = out.strip().splitlines()
+    R["tests_summary"] = lines[-1] if lines else "no output"
+    R["tests_seconds"] = round(time.time() - t, 1)
+    if R["tests_rc"] != 0:
+        log("\n".join(lines[-60:]))
+
+
+def bench(fn, sync, warm=3, reps=20):
+    for _ in range(warm):
+        fn()
+    sync()
+    ts = []
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        ts.append((time.perf_counter() - t) / reps)
+    return float(np.median(ts))
+
+
+def bandwidth():
+    import cupy as cp
+    from gpups.kernels import cuda
+
+    sync = cp.cuda.Device().synchronize
+    n = 256 << 20  # 1 GiB of float32
+    a = cp.random.random(n, dtype=cp.float32)
+    b = cp.empty_like(a)
+    t = bench(lambda: cp.copyto(b, a), sync)
+    R["copy_TBps"] = 2 * a.nbytes / t / 1e12
+    del a, b
+    k, N = 8, 32 << 20
+    G = cp.random.random((k, N), dtype=cp.float32)
+    w = cp.random.random(N, dtype=cp.float32)
+    v = cp.zeros(N, cp.float32)
+    rows, bad = cp.arange(k, dtype=cp.int64), cp.zeros(k, cp.int64)
+    mom = cuda.UPDATES["momentum"][0]
+    t = bench(lambda: mom(G, rows, bad, 1.0 / k, w, v, 0.01, 0.9), sync)
+    R["agg_momentum_k8_32M_ms"] = t * 1e3
+    R["agg_momentum_TBps"] = (k * N + 4 * N) * 4 / t / 1e12
+    R["agg_fraction_of_copy"] = R["agg_momentum_TBps"] / R["copy_TBps"]
+    del G, w, v
+
+
+def gpups_mlp(utype, k, epochs=3, rounds=120):
+    import cupy as cp
+
+    import gpups
+    from gpups.models import MLP
+
+    bs = 256
+    n = k * bs * rounds
+    rs = cp.random.RandomState(0)
+    X = rs.standard_normal((n, 784), dtype=cp.float32)
+    y = rs.randint(0, 10, n).astype(cp.int64)
+    net = MLP([784, 512, 512, 10])
+    res = gpups.paramserv(net.init(0, device="cuda"), X, y, upd=net.gradients, agg="momentum", utype=utype,
+                          k=k, batchsize=bs, epochs=epochs, hyperparams={"lr": 0.01, "momentum": 0.9},
+                          progress=False, device="cuda")
+    rates = [r["samples_per_s"] for r in res.history[1:]]
+    R[f"gpups_{utype}_k{k}_samples_per_s"] = max(rates)
+    R[f"gpups_{utype}_k{k}_graphs"] = res.graphs
+    R[f"gpups_{utype}_k{k}_final_loss"] = res.history[-1]["loss"]
+    del X, y
+
+
+def torch_loops():
+    import torch
+
+    dev = "cuda"
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
+                            torch.nn.ReLU(), torch.nn.Linear(512, 10)).to(dev)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    X = torch.randn(256 * 16, 784, device=dev)
+    Y = torch.randint(0, 10, (256 * 16,), device=dev)
+    lf = torch.nn.CrossEntropyLoss()
+    it = [0]
+
+    def step():
+        i = it[0] % 16
+        it[0] += 1
+        opt.zero_grad(set_to_none=False)
+        lf(m(X[i * 256:(i + 1) * 256]), Y[i * 256:(i + 1) * 256]).backward()
+        opt.step()
+    sync = torch.cuda.synchronize
+    R["torch_eager_samples_per_s"] = 256 / bench(step, sync, 10, 100)
+    xs, ys = X[:256].clone(), Y[:256].clone()
+
+    def gstep():
+        opt.zero_grad(set_to_none=False)
+        lf(m(xs), ys).backward()
+        opt.step()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            gstep()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        gstep()
+    R["torch_graph_samples_per_s"] = 256 / bench(g.replay, sync, 10, 300)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--test-timeout", type=int, default=240)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(OUT, exist_ok=True)
+    import cupy as cp
+
+    R["gpu"] = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    R["cupy"], R["numpy"] = cp.__version__, np.__version__
+    log("device", R["gpu"], "cupy", R["cupy"], "numpy", R["numpy"])
+    if not args.skip_tests:
+        run_tests(args.test_timeout)
+        log("tests:", R["tests_summary"], f"({R['tests_seconds']} s)")
+    steps = [("bandwidth", bandwidth)]
+    for utype, k in [("BSP", 1), ("BSP", 8), ("ASP", 8), ("HOGWILD", 8)]:
+        steps.append((f"gpups {utype} k={k}", lambda u=utype, kk=k: gpups_mlp(u, kk)))
+    steps.append(("torch", torch_loops))
+    for name, fn in steps:
+        t = time.time()
+        try:
+            fn()
+        except Exception:
+            R[f"error {name}"] = traceback.format_exc()[-2500:]
+            log(f"error in {name}:\n{R[f'error {name}']}")
+        log(f"{name}: {time.time() - t:.1f} s")
+    with open(os.path.join(OUT, "gpu_check.json"), "w") as f:
+        json.dump(R, f, indent=1, default=str)
+    log("\n==== gpu_check", R["gpu"], "====")
+    log("tests:", R.get("tests_summary", "skipped"))
+    for key in ("copy_TBps", "agg_momentum_TBps", "agg_fraction_of_copy", "agg_momentum_k8_32M_ms"):
+        if key in R:
+            log(f"{key:34} {R[key]:10.3f}")
+    te = R.get("torch_eager_samples_per_s")
+    for key in sorted(k for k in R if k.endswith("samples_per_s")):
+        ratio = f"  {R[key] / te:6.1f}x torch eager" if te else ""
+        log(f"{key:34} {R[key] / 1e6:10.3f} M{ratio}")
+    for key in sorted(k for k in R if k.endswith("_graphs")):
+        log(f"{key:34} {R[key]:10d}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""GPU path (marked gpu, skipped without CuPy and a CUDA device): CUDA kernels equal the
+reference, CPU and GPU give the same BSP model, graph replay equals eager execution, every sync
+mode trains."""
+import os
+
+import numpy as np
+import pytest
+
+import gpups
+from gpups import datasets
+from gpups.models import LeNet, MLP, SoftmaxRegression
+from gpups.models.ops import ArrayOps
+
+pytestmark = pytest.mark.gpu
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def cp():
+    import cupy
+    return cupy
+
+
+@pytest.fixture(scope="module")
+def ops():
+    from gpups.kernels import cuda_nn
+    return cuda_nn.ops()
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
+def test_layer_kernels_equal_reference(cp, ops, dtype, tol):
+    ref = ArrayOps(np)
+    for act in range(4):
+        z = RNG.standard_normal((300, 37)).astype(dtype)
+        b = RNG.standard_normal(37).astype(dtype)
+        a_ref = z.copy()
+        ref.bias_act(a_ref, b, act)
+        a = cp.asarray(z)
+        ops.bias_act(a, cp.asarray(b), act)
+        np.testing.assert_allclose(a.get(), a_ref, rtol=tol, atol=tol)
+        d_ref, db_ref = z.copy(), np.empty(37, dtype)
+        ref.act_back_colsum(d_ref, a_ref, db_ref, act)
+        d, db = cp.asarray(z), cp.full(37, np.nan, dtype)
+        ops.act_back_colsum(d, cp.asarray(a_ref), db, act)
+        np.testing.assert_allclose(d.get(), d_ref, rtol=tol, atol=tol)
+        np.testing.assert_allclose(db.get(), db_ref, rtol=tol * 10, atol=tol * 10)
+    z = RNG.standard_normal((70000, 10)).astype(dtype) * 3  # many rows: multi-chunk reductions
+    b = RNG.standard_normal(10).astype(dtype)
+    y = RNG.integers(0, 10, 70000)
+    dz_ref, db_ref = np.empty_like(z), np.empty(10, dtype)
+    loss_ref = ref.softmax_xent(z, b, y, dz_ref, db_ref)
+    dz, db = cp.full(z.shape, np.nan, dtype), cp.full(10, np.nan, dtype)
+    loss = ops.softmax_xent(cp.asarray(z), cp.asarray(b), cp.asarray(y), dz, db)
+    np.testing.assert_allclose(float(loss), loss_ref, rtol=tol * 10)
+    np.testing.assert_allclose(dz.get(), dz_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(db.get(), db_ref, rtol=tol * 100, atol=tol * 10)
+    ls, hits = ops.softmax_eval(cp.asarray(z), cp.asarray(b), cp.asarray(y))
+    ls_ref, hits_ref = ref.softmax_eval(z, b, y)
+    assert float(hits) == float(hits_ref)
+    np.testing.assert_allclose(float(ls), ls_ref, rtol=tol * 10)
+    x = RNG.standard_normal((5, 12, 8, 3)).astype(dtype)
+    cols_ref = np.empty((5 * 12 * 8, 5 * 5 * 3), dtype)
+    ref.im2col(x, 5, 5, 2, cols_ref)
+    cols = cp.full(cols_ref.shape, np.nan, dtype)
+    ops.im2col(cp.asarray(x), 5, 5, 2, cols)
+    np.testing.assert_array_equal(cols.get(), cols_ref)
+    dx_ref = np.empty_like(x)
+    ref.col2im(cols_ref, 5, 5, 2, dx_ref)
+    dx = cp.full(x.shape, np.nan, dtype)
+    ops.col2im(cols, 5, 5, 2, dx)
+    np.testing.assert_allclose(dx.get(), dx_ref, rtol=tol, atol=tol)
+    yp_ref, arg_ref = np.empty((5, 6, 4, 3), dtype), np.empty((5, 6, 4, 3), np.int64)
+    ref.maxpool2(x, yp_ref, arg_ref)
+    yp, arg = cp.full(yp_ref.shape, np.nan, dtype), cp.full(arg_ref.shape, -1, cp.int64)
+    ops.maxpool2(cp.asarray(x), yp, arg)
+    np.testing.assert_array_equal(yp.get(), yp_ref)
+    np.testing.assert_array_equal(arg.get(), arg_ref)
+    dy = RNG.standard_normal(yp_ref.shape).astype(dtype)
+    g_ref = np.empty_like(x)
+    ref.maxpool2_back(dy, arg_ref, g_ref)
+    g = cp.full(x.shape, np.nan, dtype)
+    ops.maxpool2_back(cp.asarray(dy), arg, g)
+    np.testing.assert_array_equal(g.get(), g_ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_with_transposed_operands(cp, ops, dtype):
+    a = RNG.standard_normal((33, 17)).astype(dtype)
+    b = RNG.standard_normal((17, 9)).astype(dtype)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    for A, B in [(a, b), (a.T.copy().T, b), (a, b.T.copy().T), (a.T.copy().T, b.T.copy().T)]:
+        out = cp.full((33, 9), np.nan, dtype)
+        ga = cp.asarray(A.T.copy()).T if not A.flags.c_contiguous else cp.asarray(A)
+        gb = cp.asarray(B.T.copy()).T if not B.flags.c_contiguous else cp.asarray(B)
+        ops.gemm(ga, gb, out)
+        np.testing.assert_allclose(out.get(), a @ b, rtol=tol, atol=tol)
+
+
+def data(n=480, image=False):
+    d = datasets.digits()
+    X, y = d.X[:n], d.y[:n]
+    return (X.reshape(-1, 1, 8, 8) if image else X), y
+
+
+MODELS = {"softmax": lambda: SoftmaxRegression(64, 10), "mlp": lambda: MLP([64, 48, 32, 10]),
+          "lenet": lambda: LeNet(input_shape=(1, 8, 8), classes=10, filters=(4, 8), hidden=32)}
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("agg", ["sgd", "momentum", "nesterov", "adagrad", "adam"])
+def test_cpu_and_gpu_give_the_same_bsp_model(model, agg):
+    net = MODELS[model]()
+    X, y = data(image=model == "lenet")
+    hp = {"lr": 0.01 if agg in ("adam", "adagrad") else 0.05}
+    for dtype, rtol in [(np.float64, 1e-9), (np.float32, 1e-4)]:
+        params = net.init(0, dtype=dtype)
+        Xd = X.astype(dtype)
+        kw = dict(upd=net.gradients, agg=agg, hyperparams=hp, k=4, batchsize=20, epochs=2, progress=False)
+        cpu = gpups.paramserv(params, Xd, y, device="cpu", **kw)
+        gpu = gpups.paramserv(params, Xd, y, device="cuda", **kw)
+        assert gpu.device.startswith("cuda")
+        for name in params:
+            a, b = cpu.model[name], gpu.model[name]
+            err = np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30)
+            assert err < rtol, (name, dtype, err)
+
+
+@pytest.mark.parametrize("utype,freq,push", [("BSP", "BATCH", "gradients"), ("BSP", "NBATCHES", "gradients"),
+                                             ("ASP", "BATCH", "gradients"), ("HOGWILD", "BATCH", "gradients"),
+                                             ("BSP", "EPOCH", "model")])
+def test_graph_replay_equals_eager(monkeypatch, utype, freq, push):
+    net = MLP([64, 32, 10])
+    X, y = data(480)
+    kw = dict(upd=net.gradients, agg="momentum", utype=utype, freq=freq, push=push,
+              nbatches=3 if freq == "NBATCHES" else 1, k=1 if utype != "BSP" else 3, batchsize=16,
+              epochs=2, hyperparams={"lr": 0.05}, progress=False, device="cuda")
+    graphed = gpups.paramserv(net.init(0), X, y, **kw)
+    assert graphed.graphs > 0
+    monkeypatch.setenv("GPUPS_GRAPHS", "0")
+    eager = gpups.paramserv(net.init(0), X, y, **kw)
+    assert eager.graphs == 0
+    for name in graphed.model:
+        np.testing.assert_array_equal(graphed.model[name], eager.model[name])
+    assert graphed.history[-1]["loss"] == pytest.approx(eager.history[-1]["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("utype", ["BSP", "ASP", "SSP", "SBP", "HOGWILD"])
+def test_every_utype_trains_on_gpu(utype):
+    d = datasets.digits()
+    net = MLP([64, 64, 10])
+    kw = {"staleness": 2} if utype == "SSP" else {"backup_workers": 1} if utype == "SBP" else {}
+    res = gpups.paramserv(net.init(0), d.X, d.y, upd=net.gradients, agg="momentum", utype=utype, k=4,
+                          epochs=5, batchsize=32, hyperparams={"lr": 0.05}, val_features=d.Xv,
+                          val_labels=d.yv, progress=False, device="cuda", **kw)
+    assert res.history[-1]["val_accuracy"] >= 0.85, res.history[-1]
+    assert res.graphs > 0 or utype == "SBP"
+
+
+def test_cupy_inputs_give_cupy_outputs(cp):
+    d = datasets.digits()
+    net = SoftmaxRegression(64, 10)
+    params = net.init(0, device="cuda")
+    res = gpups.paramserv(params, cp.asarray(d.X), cp.asarray(d.y), upd=net.gradients, k=2, epochs=1,
+                          progress=False, device="cuda")
+    assert all(isinstance(v, cp.ndarray) and v.dtype == cp.float32 for v in res.model.values())
+
+
+def test_nonfinite_gradient_on_gpu_names_worker_and_batch(cp):
+    d = datasets.digits()
+    net = SoftmaxRegression(64, 10)
+    calls = {"n": 0}
+
+    def upd(p, x, y, hp):
+        g, loss = net.gradients(p, x, y, hp)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            g["W1"][0, 0] = cp.nan
+        return g, loss
+
+    with pytest.raises(gpups.WorkerError, match=r"worker 0 failed: its gradient held NaN or Inf in epoch 1, batch 3"):
+        gpups.paramserv(net.init(0), d.X, d.y, upd=upd, k=1, batchsize=32, progress=False, device="cuda")
+
+
+def test_worker_error_on_gpu_is_named():
+    d = datasets.digits()
+    net = SoftmaxRegression(64, 10)
+    calls = {"n": 0}
+
+    def upd(p, x, y, hp):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyError("boom")
+        return net.gradients(p, x, y, hp)
+
+    with pytest.raises(gpups.WorkerError, match=r"worker \d failed: KeyError"):
+        gpups.paramserv(net.init(0), d.X, d.y, upd=upd, utype="ASP", k=2, batchsize=32, progress=False,
+                        device="cuda")
+
+
+def test_bad_device_is_named():
+    with pytest.raises(ValueError, match=r"device='cuda:99'.*GPU"):
+        d = datasets.digits()
+        net = SoftmaxRegression(64, 10)
+        gpups.paramserv(net.init(0), d.X, d.y, upd=net.gradients, progress=False, device="cuda:99")
