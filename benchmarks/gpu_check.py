@@ -29,7 +29,7 @@ def log(*a):
 
 def run_tests(timeout: int) -> None:
     t = time.time()
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-x", "--tb=short", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "--maxfail=12", "--tb=short", "-p", "no:cacheprovider",
            "tests/test_gpu.py", "tests/test_kernels.py"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
