@@ -68,12 +68,12 @@ class Run:
         w.staleness.append(self.server.version - w.pulled)
         self.server.apply([j], 1.0 / self.opts.k)
 
-    def hogwild_pull(self, w: Worker) -> None:
+    def hogwild_interval(self, w: Worker, nsteps: int, epoch: int) -> None:
+        """On worker w's stream: unlocked pull, interval, unlocked push of its own update."""
         w.pulled = self.server.version
         if w.replica is not self.server.w:  # aliased workers compute on the shared model itself
             w.pull_unlocked()
-
-    def hogwild_push(self, w: Worker) -> None:
+        w.run(nsteps, epoch)
         w.staleness.append(self.server.version - w.pulled)
         w.hogwild_push()
 

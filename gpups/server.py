@@ -22,6 +22,8 @@ class Shard:
     hi: int
     stream: Any
     state: dict[str, Any]
+    G: Any = None  # this shard's columns of the push buffers
+    w: Any = None  # this shard's range of the parameters
     step: int = 0  # updates applied to this shard (adam's bias correction)
 
 
@@ -38,6 +40,7 @@ class ParamServer:
     G: Any = field(init=False)  # (k, n) push buffers, row j = worker j's
     bad: Any = field(init=False)  # (3, k) int64: [0] push flagged non-finite (skipped), [1] count, [2] first batch
     version: int = 0            # updates applied so far (staleness is measured in these)
+    updated: list = field(default_factory=list)  # per shard: event after its latest update
 
     def __post_init__(self) -> None:
         xp, n = self.device.xp, self.layout.size
@@ -47,7 +50,7 @@ class ParamServer:
             self.rule.layout = self.layout
         cuts = self.layout.shards(self.servers, whole_tensors=isinstance(self.rule, UserRule))
         self.shards = [Shard(s, lo, hi, self.device.server_stream(s),
-                             self.rule.init_state(xp, hi - lo, self.w.dtype))
+                             self.rule.init_state(xp, hi - lo, self.w.dtype), self.G[:, lo:hi], self.w[lo:hi])
                        for s, (lo, hi) in enumerate(cuts)]
 
     # -- scheduler side ------------------------------------------------------------------------
@@ -58,15 +61,24 @@ class ParamServer:
             for ev in after:
                 sh.stream.wait_event(ev)
             sh.stream.launch(self._update, sh, rows_dev, scale, False)
+        self.updated = []  # recorded lazily, once, by the next aliased pull
         self.version += 1
 
     def pull(self, dst: Any) -> list[Any]:
         """Copy the parameters into ``dst`` on the shards' streams; returns their events.
         A worker whose replica *is* the parameters (BSP) only waits for the shards' updates."""
+        if dst is self.w:
+            if not self.updated:
+                self.updated = [sh.stream.record() for sh in self.shards]
+            return self.updated
         events = []
+        copy = self.device.kernels.copy
+        if len(self.shards) == 1:
+            sh = self.shards[0]
+            sh.stream.launch(copy, dst, self.w)
+            return [sh.stream.record()]
         for sh in self.shards:
-            if dst is not self.w:
-                sh.stream.launch(_copy, dst[sh.lo:sh.hi], self.w[sh.lo:sh.hi])
+            sh.stream.launch(copy, dst[sh.lo:sh.hi], sh.w)
             events.append(sh.stream.record())
         return events
 
@@ -78,7 +90,7 @@ class ParamServer:
 
     def _update(self, sh: Shard, rows: Any, scale: float, serial: bool) -> None:
         sh.step += 1
-        G, w = self.G[:, sh.lo:sh.hi], self.w[sh.lo:sh.hi]
+        G, w = sh.G, sh.w
         kernels = self.device.kernels
         bad = self.bad[0]
         if self.push == "model":  # payloads are model deltas: w += scale * sum(deltas)
@@ -114,7 +126,3 @@ class ParamServer:
                     sh.state[slot] = val
                 else:
                     sh.state[slot][...] = self.device.place(val)
-
-
-def _copy(dst: Any, src: Any) -> None:
-    dst[...] = src

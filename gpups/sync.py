@@ -169,9 +169,7 @@ class Hogwild:
     def run_epoch(self, run: Any, epoch: int) -> None:
         for w, plan in zip(run.workers, run.plans()):
             for nsteps in plan:
-                w.stream.launch(run.hogwild_pull, w)
-                w.stream.launch(w.run, nsteps, epoch)
-                w.stream.launch(run.hogwild_push, w)
+                w.stream.launch(run.hogwild_interval, w, nsteps, epoch)
 
 
 def make_policy(utype: str, staleness: int, backup_workers: int) -> Any:

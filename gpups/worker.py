@@ -188,4 +188,4 @@ class Worker:
         self.server.apply_unlocked(self.device.rows([self.j]), 1.0 / self.server.k)
 
     def pull_unlocked(self) -> None:
-        self.replica[...] = self.server.w
+        self.device.kernels.copy(self.replica, self.server.w)

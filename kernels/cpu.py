@@ -189,6 +189,10 @@ aggregate, aggregate_serial = _build(_aggregate)
 all_finite, all_finite_serial = _build(_all_finite)
 flag_nonfinite, flag_nonfinite_serial = _build(_flag_nonfinite)
 
+def copy(dst, src):
+    dst[...] = src
+
+
 UPDATES = {
     "sgd": (sgd, sgd_serial),
     "momentum": (momentum, momentum_serial),

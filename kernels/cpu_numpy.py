@@ -76,6 +76,10 @@ def flag_nonfinite(x, bad, j, stamp):
             bad[2, j] = stamp[0]
 
 
+def copy(dst, src):
+    dst[...] = src
+
+
 aggregate_serial, all_finite_serial, flag_nonfinite_serial = aggregate, all_finite, flag_nonfinite
 UPDATES = {name: (f, f) for name, f in
            [("sgd", sgd), ("momentum", momentum), ("nesterov", nesterov), ("adagrad", adagrad), ("adam", adam)]}

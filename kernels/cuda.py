@@ -19,9 +19,16 @@ def module(name: str, device: int) -> cp.RawModule:
         return cp.RawModule(code=f.read(), options=("-std=c++14",))
 
 
+_functions: dict[tuple, Any] = {}
+
+
 def function(mod: str, name: str, dtype: Any) -> Any:
-    suffix = "f32" if np.dtype(dtype) == np.float32 else "f64"
-    return module(mod, cp.cuda.Device().id).get_function(f"{name}_{suffix}")
+    key = (mod, name, dtype, cp.cuda.runtime.getDevice())
+    f = _functions.get(key)
+    if f is None:
+        suffix = "f32" if np.dtype(dtype) == np.float32 else "f64"
+        f = _functions[key] = module(mod, key[3]).get_function(f"{name}_{suffix}")
+    return f
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,6 +76,12 @@ def flag_nonfinite(x: Any, bad: Any, j: int, stamp: Any) -> None:
     n = x.shape[0]
     function("optim", "flag_nonfinite", x.dtype)(
         (blocks(n),), (THREADS,), (x, np.int64(n), bad, np.int32(bad.shape[1]), np.int32(j), stamp))
+
+
+def copy(dst: Any, src: Any) -> None:
+    """dst[...] = src for contiguous device arrays: one async memcpy on the current stream."""
+    cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, src.nbytes,
+                                cp.cuda.runtime.memcpyDeviceToDevice, cp.cuda.get_current_stream().ptr)
 
 
 def all_finite(x: Any) -> bool:

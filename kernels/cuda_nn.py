@@ -103,10 +103,17 @@ def counter_inc(counter: Any) -> None:
     function_plain("counter_inc")((1,), (1,), (counter,))
 
 
+_plain: dict[tuple, Any] = {}
+
+
 def function_plain(name: str) -> Any:
     from .cuda import module
 
-    return module("nn", cp.cuda.Device().id).get_function(name)
+    key = (name, cp.cuda.runtime.getDevice())
+    f = _plain.get(key)
+    if f is None:
+        f = _plain[key] = module("nn", key[1]).get_function(name)
+    return f
 
 
 @functools.lru_cache(maxsize=None)
