@@ -146,11 +146,30 @@ def torch_loops():
     R["torch_graph_samples_per_s"] = 256 / bench(g.replay, sync, 10, 300)
 
 
+def profile(utype):
+    """Where the host time goes (cProfile of a short run): top functions by own time."""
+    import cProfile
+    import io
+    import pstats
+
+    pr = cProfile.Profile()
+    pr.enable()
+    gpups_mlp(utype, 8, epochs=2, rounds=60)
+    pr.disable()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(14)
+    text = buf.getvalue()
+    with open(os.path.join(OUT, f"profile_{utype}.txt"), "w") as f:
+        f.write(text)
+    R[f"profile_{utype}"] = "\n".join(line[:150] for line in text.splitlines()[6:26])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--test-timeout", type=int, default=240)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="cProfile the host side of ASP and BSP")
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     import cupy as cp
@@ -165,6 +184,8 @@ def main():
     for utype, k in [("BSP", 1), ("BSP", 8), ("ASP", 8), ("HOGWILD", 8)]:
         steps.append((f"gpups {utype} k={k}", lambda u=utype, kk=k: gpups_mlp(u, kk)))
     steps.append(("torch", torch_loops))
+    if args.profile:
+        steps += [("profile ASP", lambda: profile("ASP")), ("profile BSP", lambda: profile("BSP"))]
     for name, fn in steps:
         t = time.time()
         try:
@@ -186,6 +207,8 @@ def main():
         log(f"{key:34} {R[key] / 1e6:10.3f} M{ratio}")
     for key in sorted(k for k in R if k.endswith("_graphs")):
         log(f"{key:34} {R[key]:10d}")
+    for key in sorted(k for k in R if k.startswith("profile_")):
+        log(f"--- {key}\n{R[key]}")
 
 
 if __name__ == "__main__":

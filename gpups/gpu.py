@@ -169,8 +169,8 @@ def graph_blocker(worker: Any) -> str | None:
         return "hyperparams['reg'] allocates per step"
     if not isinstance(worker.rule, Builtin):
         return "a user-written agg runs on the host"
-    if worker.rule.name == "adam" and worker.push == "model":
-        return "local adam steps change their bias correction every step"
+    if worker.rule.name == "adam" and (worker.push == "model" or worker.tail is not None):
+        return "adam steps inside an interval change their bias correction every step"
     return None
 
 

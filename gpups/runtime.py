@@ -6,6 +6,7 @@ two primitives every policy uses, :meth:`start` and :meth:`apply_async`.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from typing import Any, Callable
@@ -41,6 +42,11 @@ class Run:
                         for j, rows in enumerate(parts)]
         for w in self.workers:
             w.dropped, w.pulled = 0, 0
+            if opts.utype == "hogwild":  # the worker's own stream pulls and pushes, unlocked
+                w.head = None if alias else w.pull_unlocked
+                w.tail = functools.partial(self.server.push_unlocked, device.rows([w.j]), 1.0 / opts.k)
+            if device.kind != "cpu":
+                w.graphs = device.step_graphs(w)
         self.policy = make_policy(opts.utype, opts.staleness, opts.backup_workers)
         self.clock_log: list[tuple[int, int, int]] = []  # SSP: (worker, its clock, slowest clock)
         self.history: list[dict[str, Any]] = []
@@ -69,13 +75,12 @@ class Run:
         self.server.apply([j], 1.0 / self.opts.k)
 
     def hogwild_interval(self, w: Worker, nsteps: int, epoch: int) -> None:
-        """On worker w's stream: unlocked pull, interval, unlocked push of its own update."""
+        """On worker w's stream: unlocked pull, interval, unlocked push of its own update (the
+        worker's head and tail), then the bookkeeping."""
         w.pulled = self.server.version
-        if w.replica is not self.server.w:  # aliased workers compute on the shared model itself
-            w.pull_unlocked()
         w.run(nsteps, epoch)
         w.staleness.append(self.server.version - w.pulled)
-        w.hogwild_push()
+        self.server.count_unlocked()
 
     # -- the epoch loop ------------------------------------------------------------------------
     def train(self, epochs: int) -> list[dict[str, Any]]:

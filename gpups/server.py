@@ -82,23 +82,31 @@ class ParamServer:
             events.append(sh.stream.record())
         return events
 
-    # -- worker side (HOGWILD): no stream, no ordering, no lock -------------------------------
-    def apply_unlocked(self, rows: Any, scale: float) -> None:
+    # -- worker side (HOGWILD): the worker's stream, no ordering, no lock ----------------------
+    def push_unlocked(self, rows: Any, scale: float) -> None:
+        """The device work of a HOGWILD push (bookkeeping in :meth:`count_unlocked`)."""
         for sh in self.shards:
-            self._update(sh, rows, scale, True)
+            self._kernels(sh, rows, scale, True, sh.step + 1)
+
+    def count_unlocked(self) -> None:
+        for sh in self.shards:
+            sh.step += 1
         self.version += 1
 
     def _update(self, sh: Shard, rows: Any, scale: float, serial: bool) -> None:
         sh.step += 1
+        self._kernels(sh, rows, scale, serial, sh.step)
+
+    def _kernels(self, sh: Shard, rows: Any, scale: float, serial: bool, step: int) -> None:
         G, w = sh.G, sh.w
         kernels = self.device.kernels
         bad = self.bad[0]
         if self.push == "model":  # payloads are model deltas: w += scale * sum(deltas)
             kernels.UPDATES["sgd"][1 if serial else 0](G, rows, bad, w.dtype.type(scale), w, w.dtype.type(-1.0))
         elif isinstance(self.rule, UserRule):
-            self.rule.apply(kernels, serial, G, rows, bad, scale, w, sh.state, sh.step, lo=sh.lo)
+            self.rule.apply(kernels, serial, G, rows, bad, scale, w, sh.state, step, lo=sh.lo)
         else:
-            self.rule.apply(kernels, serial, G, rows, bad, scale, w, sh.state, sh.step)
+            self.rule.apply(kernels, serial, G, rows, bad, scale, w, sh.state, step)
 
     def synchronize(self) -> None:
         for sh in self.shards:

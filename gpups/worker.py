@@ -74,8 +74,10 @@ class Worker:
         self.nobad = xp.zeros(1, xp.int64)
         self.counter = xp.zeros(1, xp.int64)   # batches done this epoch (device side for graphs)
         self.loss_dev = xp.zeros((), xp.float64) if device.kind != "cpu" else None
-        self.graphs = device.step_graphs(self) if device.kind != "cpu" else None
+        self.graphs: Any = None  # GPU: the interval graphs, set up by the run (gpu.IntervalGraphs)
         self.has_loss = False
+        self.head: Callable | None = None  # device work before / after each interval (HOGWILD's
+        self.tail: Callable | None = None  # unlocked pull and push), captured with it
         self.epoch = 0
         self.cursor = 0      # next batch within the epoch (host side)
         self.where = ""      # for error messages: epoch and batch being run
@@ -130,6 +132,8 @@ class Worker:
         """The device work of one push interval from batch ``b0``. With ``graph`` (capture), the
         batches are gathered at the device-side counter instead of sliced by the host."""
         push_grads = self.push == "gradients"
+        if self.head is not None:
+            self.head()
         if self.check_finite:
             self.server.bad[0, self.j] = 0
         for s in range(nsteps):
@@ -151,6 +155,8 @@ class Worker:
             self.device.xp.subtract(self.replica, self.base, out=self.payload)
         if self.check_finite:
             self.device.kernels.flag_nonfinite(self.payload, self.server.bad, self.j, self.counter)
+        if self.tail is not None:
+            self.tail()
 
     def step(self, x: Any, y: Any, direct: bool, local: bool, s: int = 0) -> None:
         """One batch: gradient into the payload (``direct``) or added to it; local update."""
@@ -182,10 +188,6 @@ class Worker:
     def _local_update(self, g: Any, step: int) -> None:
         self.rule.apply(self.device.kernels, True, g[None, :], self.one, self.nobad, 1.0, self.replica,
                         self.local_state, step)
-
-    def hogwild_push(self) -> None:
-        """Apply the payload to the server's parameters from this worker's stream, unlocked."""
-        self.server.apply_unlocked(self.device.rows([self.j]), 1.0 / self.server.k)
 
     def pull_unlocked(self) -> None:
         self.device.kernels.copy(self.replica, self.server.w)

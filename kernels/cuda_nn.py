@@ -36,21 +36,28 @@ class CudaOps:
         function("nn", "bias_act", z.dtype)((blocks(z.size),), (THREADS,),
                                             (z, b, np.int64(rows), np.int32(m), np.int32(act)))
 
-    def colsum(self, d: Any, out: Any, scale: float = 1.0) -> None:
+    def colsum(self, d: Any, out: Any, scale: float = 1.0, h: Any = None, act: int = 4) -> None:
+        """out = scale * column sums of d (rows, m); with ``h`` and ``act`` < 4, first
+        d *= act'(h) in the same pass. One kernel up to 4,096 rows, two beyond."""
         rows, m = d.shape
-        chunks = max(1, min(64, (rows + 255) // 256))
+        chunks = max(1, min(64, (rows + 4095) // 4096))
         chunk = (rows + chunks - 1) // chunks
+        T = d.dtype.type
+        h = d if h is None else h
+        if chunks == 1:
+            function("nn", "colsum_partial", d.dtype)(((m + 31) // 32, 1), (32, 8),
+                                                      (d, h, out, np.int64(rows), np.int32(m), np.int64(chunk),
+                                                       np.int32(act), T(scale)))
+            return
         part = self.scratch("colsum", (chunks, m), d.dtype)
         function("nn", "colsum_partial", d.dtype)(((m + 31) // 32, chunks), (32, 8),
-                                                  (d, part, np.int64(rows), np.int32(m), np.int64(chunk)))
+                                                  (d, h, part, np.int64(rows), np.int32(m), np.int64(chunk),
+                                                   np.int32(act), T(1)))
         function("nn", "colsum_final", d.dtype)((blocks(m),), (THREADS,),
-                                                (part, out, np.int32(chunks), np.int32(m), d.dtype.type(scale)))
+                                                (part, out, np.int32(chunks), np.int32(m), T(scale)))
 
     def act_back_colsum(self, d: Any, h: Any, db: Any, act: int) -> None:
-        if act != 3:
-            function("nn", "act_back", d.dtype)((blocks(d.size),), (THREADS,),
-                                                (d, h, np.int64(d.size), np.int32(act)))
-        self.colsum(d, db)
+        self.colsum(d, db, 1.0, h, act if act != 3 else 4)
 
     def softmax_xent(self, z: Any, b: Any, y: Any, dz: Any, db: Any) -> Any:
         n, c = z.shape

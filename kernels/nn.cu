@@ -32,28 +32,36 @@ __device__ void bias_act(T* z, const T* b, long long rows, int m, int act) {
   GRID_STRIDE(i, rows * m) { z[i] = activate(z[i] + b[i % m], act); }
 }
 
-template <typename T>
-__device__ void act_back(T* d, const T* h, long long total, int act) {
-  GRID_STRIDE(i, total) { d[i] *= act_grad(h[i], act); }
-}
-
 // Column sums of a (rows, m) matrix, pass 1: block (32 columns x 8 lanes), grid (col tiles,
-// chunks); partial[chunk * m + col].
+// chunks); partial[chunk * m + col] = scale * sum. With act < 4 the activation's derivative is
+// applied first (d *= act'(h), written back): activation backward and bias gradient in one pass.
+// With one chunk, partial is the result and pass 2 is skipped.
 template <typename T>
-__device__ void colsum_partial(const T* d, T* partial, long long rows, int m, long long chunk) {
+__device__ void colsum_partial(T* d, const T* h, T* partial, long long rows, int m, long long chunk,
+                               int act, T scale) {
   __shared__ T sh[8][33];
   const int col = blockIdx.x * 32 + threadIdx.x;
   const long long r0 = (long long)blockIdx.y * chunk;
   const long long r1 = min(rows, r0 + chunk);
   T s = 0;
-  if (col < m)
-    for (long long r = r0 + threadIdx.y; r < r1; r += 8) s += d[r * m + col];
+  if (col < m) {
+    if (act < 4) {
+      for (long long r = r0 + threadIdx.y; r < r1; r += 8) {
+        const long long q = r * m + col;
+        const T v = d[q] * act_grad(h[q], act);
+        d[q] = v;
+        s += v;
+      }
+    } else {
+      for (long long r = r0 + threadIdx.y; r < r1; r += 8) s += d[r * m + col];
+    }
+  }
   sh[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
   if (threadIdx.y == 0 && col < m) {
     T t = 0;
     for (int k = 0; k < 8; ++k) t += sh[k][threadIdx.x];
-    partial[(long long)blockIdx.y * m + col] = t;
+    partial[(long long)blockIdx.y * m + col] = t * scale;
   }
 }
 
@@ -177,11 +185,9 @@ __device__ void maxpool2_back(const T* dy, const long long* arg, T* dx, int n, i
 #define INSTANTIATE(T, S)                                                                          \
   extern "C" __global__ void bias_act_##S(T* z, const T* b, long long rows, int m, int act) {      \
     bias_act<T>(z, b, rows, m, act); }                                                             \
-  extern "C" __global__ void act_back_##S(T* d, const T* h, long long total, int act) {            \
-    act_back<T>(d, h, total, act); }                                                               \
-  extern "C" __global__ void colsum_partial_##S(const T* d, T* partial, long long rows, int m,      \
-                                                long long chunk) {                                 \
-    colsum_partial<T>(d, partial, rows, m, chunk); }                                               \
+  extern "C" __global__ void colsum_partial_##S(T* d, const T* h, T* partial, long long rows, int m, \
+                                                long long chunk, int act, T scale) {               \
+    colsum_partial<T>(d, h, partial, rows, m, chunk, act, scale); }                                \
   extern "C" __global__ void colsum_final_##S(const T* partial, T* out, int chunks, int m, T scale) { \
     colsum_final<T>(partial, out, chunks, m, scale); }                                             \
   extern "C" __global__ void softmax_xent_##S(const T* z, const T* b, const long long* y, T* dz,   \
