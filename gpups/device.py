@@ -47,6 +47,9 @@ class CPUDevice:
     def set_counter(counter: np.ndarray, value: int) -> None:
         counter[0] = value
 
+    def graph_cache(self) -> Any:
+        return _NoGraphs()
+
     def to_host(self, array: Any) -> np.ndarray:
         return host(array)
 
@@ -65,6 +68,14 @@ class CPUDevice:
         from threadpoolctl import threadpool_limits
 
         return threadpool_limits(max(1, (os.cpu_count() or 1) // k), user_api="blas")
+
+
+class _NoGraphs:
+    """The CPU has no graphs: work is launched as it is."""
+
+    @staticmethod
+    def launch(stream: Any, key: Any, fn: Any, *args: Any) -> None:
+        stream.launch(fn, *args)
 
 
 def cpu_kernels() -> Any:

@@ -142,6 +142,9 @@ class CUDADevice:
 
         return contextlib.nullcontext()
 
+    def graph_cache(self) -> GraphCache:
+        return GraphCache()
+
     def step_graphs(self, worker: Any) -> "IntervalGraphs | None":
         reason = graph_blocker(worker)
         if reason:
@@ -174,6 +177,46 @@ def graph_blocker(worker: Any) -> str | None:
     return None
 
 
+class GraphCache:
+    """Stream work replayed as CUDA graphs: the first call with a key runs eagerly (warm-up:
+    modules, handles), the second is captured, later ones replay it with one launch. Only for
+    work whose arguments are fixed per key (the server's update of given rows, a pull into a
+    given replica)."""
+
+    MAX = 256  # SBP's rounds aggregate varying subsets of workers: keep the number bounded
+
+    def __init__(self) -> None:
+        self.graphs: dict[Any, Any] = {}
+        self.seen: set[Any] = set()
+        self.failed = False
+
+    def launch(self, stream: CudaStream, key: Any, fn: Callable[..., Any], *args: Any) -> None:
+        graph = self.graphs.get(key)
+        if graph is None and not self.failed and key in self.seen and len(self.graphs) < self.MAX:
+            graph = self.capture(stream, key, fn, *args)
+        if graph is None:
+            self.seen.add(key)
+            stream.launch(fn, *args)
+            return
+        graph.launch(stream.raw)
+
+    def capture(self, stream: CudaStream, key: Any, fn: Callable[..., Any], *args: Any) -> Any:
+        s = stream.raw
+        try:
+            with s:
+                s.begin_capture()
+                try:
+                    fn(*args)
+                finally:
+                    graph = s.end_capture()
+        except Exception as exc:
+            self.failed = True
+            warn_once(f"server updates run eagerly: capturing a CUDA graph failed ({type(exc).__name__}: {exc})")
+            return None
+        self.graphs[key] = graph
+        return graph
+
+
 class IntervalGraphs:
     """CUDA graphs of one worker's push intervals, one per interval length."""
 
@@ -187,10 +230,9 @@ class IntervalGraphs:
         self.yb = cp.empty((bs, *y.shape[1:]), y.dtype)
 
     def gather(self) -> tuple[Any, Any]:
-        from .kernels.cuda_nn import gather_batch
+        from .kernels.cuda_nn import gather_xy
 
-        gather_batch(self.w.X, self.xb, self.w.counter)
-        gather_batch(self.w.y, self.yb, self.w.counter)
+        gather_xy(self.w.X, self.xb, self.w.y, self.yb, self.w.counter)
         return self.xb, self.yb
 
     def advance(self) -> None:

@@ -48,6 +48,10 @@ class ParamServer:
         self.bad = xp.zeros((3, self.k), xp.int64)
         if isinstance(self.rule, UserRule):
             self.rule.layout = self.layout
+        # fixed-argument server work (updates of given rows, pulls into given replicas) replays
+        # as CUDA graphs where the rule's kernel arguments do not change from step to step
+        self.graphs = self.device.graph_cache()
+        self.replayable = not isinstance(self.rule, UserRule) and self.rule.name != "adam"
         cuts = self.layout.shards(self.servers, whole_tensors=isinstance(self.rule, UserRule))
         self.shards = [Shard(s, lo, hi, self.device.server_stream(s),
                              self.rule.init_state(xp, hi - lo, self.w.dtype), self.G[:, lo:hi], self.w[lo:hi])
@@ -60,7 +64,12 @@ class ParamServer:
         for sh in self.shards:
             for ev in after:
                 sh.stream.wait_event(ev)
-            sh.stream.launch(self._update, sh, rows_dev, scale, False)
+            sh.step += 1
+            if self.replayable:
+                key = ("update", sh.index, tuple(rows), scale)
+                self.graphs.launch(sh.stream, key, self._kernels, sh, rows_dev, scale, False, sh.step)
+            else:
+                sh.stream.launch(self._kernels, sh, rows_dev, scale, False, sh.step)
         self.updated = []  # recorded lazily, once, by the next aliased pull
         self.version += 1
 
@@ -73,12 +82,9 @@ class ParamServer:
             return self.updated
         events = []
         copy = self.device.kernels.copy
-        if len(self.shards) == 1:
-            sh = self.shards[0]
-            sh.stream.launch(copy, dst, self.w)
-            return [sh.stream.record()]
         for sh in self.shards:
-            sh.stream.launch(copy, dst[sh.lo:sh.hi], sh.w)
+            part = dst if len(self.shards) == 1 else dst[sh.lo:sh.hi]
+            self.graphs.launch(sh.stream, ("pull", sh.index, id(dst)), copy, part, sh.w)
             events.append(sh.stream.record())
         return events
 
@@ -92,10 +98,6 @@ class ParamServer:
         for sh in self.shards:
             sh.step += 1
         self.version += 1
-
-    def _update(self, sh: Shard, rows: Any, scale: float, serial: bool) -> None:
-        sh.step += 1
-        self._kernels(sh, rows, scale, serial, sh.step)
 
     def _kernels(self, sh: Shard, rows: Any, scale: float, serial: bool, step: int) -> None:
         G, w = sh.G, sh.w

@@ -106,6 +106,13 @@ def gather_batch(src: Any, dst: Any, counter: Any) -> None:
     function_plain("gather_words")((blocks(words),), (THREADS,), (src, dst, counter, np.int64(words)))
 
 
+def gather_xy(x: Any, xb: Any, y: Any, yb: Any, counter: Any) -> None:
+    """xb, yb = the counter[0]-th batch of x and y, in one launch."""
+    xw, yw = xb.nbytes // 4, yb.nbytes // 4
+    function_plain("gather_batch")((blocks(xw + yw),), (THREADS,),
+                                   (x, xb, np.int64(xw), y, yb, np.int64(yw), counter))
+
+
 def counter_inc(counter: Any) -> None:
     function_plain("counter_inc")((1,), (1,), (counter,))
 

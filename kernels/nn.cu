@@ -219,6 +219,17 @@ extern "C" __global__ void gather_words(const unsigned int* src, unsigned int* d
   GRID_STRIDE(t, words) { dst[t] = src[base + t]; }
 }
 
+// Features and labels of the batch at the device-side counter, in one launch.
+extern "C" __global__ void gather_batch(const unsigned int* x, unsigned int* xb, long long xwords,
+                                        const unsigned int* y, unsigned int* yb, long long ywords,
+                                        const long long* counter) {
+  const long long c = counter[0];
+  GRID_STRIDE(t, xwords + ywords) {
+    if (t < xwords) xb[t] = x[c * xwords + t];
+    else yb[t - xwords] = y[c * ywords + (t - xwords)];
+  }
+}
+
 extern "C" __global__ void counter_inc(long long* counter) {
   if (blockIdx.x == 0 && threadIdx.x == 0) counter[0] += 1;
 }
