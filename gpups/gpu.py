@@ -232,7 +232,8 @@ class IntervalGraphs:
     def gather(self) -> tuple[Any, Any]:
         from .kernels.cuda_nn import gather_xy
 
-        gather_xy(self.w.X, self.xb, self.w.y, self.yb, self.w.counter)
+        w = self.w
+        gather_xy(w.X, self.xb, w.y, self.yb, w.counter, w.server.bad[0, w.j:w.j + 1] if w.check_finite else None)
         return self.xb, self.yb
 
     def advance(self) -> None:

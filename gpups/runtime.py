@@ -57,22 +57,24 @@ class Run:
     def plans(self) -> list[list[int]]:
         return [w.plan(self.opts.freq, self.opts.nbatches) for w in self.workers]
 
-    def start(self, j: int, nsteps: int, epoch: int) -> Any:
-        """Pull the newest model into worker j, run its interval, return its push event."""
+    def start(self, j: int, nsteps: int, epoch: int, pulled: list | None = None) -> Any:
+        """Pull the newest model into worker j (unless ``pulled`` gives the events of a pull
+        already made), run its interval, return its push event."""
         w = self.workers[j]
         w.pulled = self.server.version
-        for ev in self.server.pull(w.replica):
+        for ev in self.server.pull(w.replica) if pulled is None else pulled:
             w.stream.wait_event(ev)
         if w.base is not None:
             w.stream.launch(w.snapshot_base)
         w.stream.launch(w.run, nsteps, epoch)
         return w.stream.record()
 
-    def apply_async(self, j: int) -> None:
-        """Apply worker j's push alone, as 1/k of a round; record its staleness."""
+    def apply_async(self, j: int, pull: bool = False) -> list[Any]:
+        """Apply worker j's push alone, as 1/k of a round; record its staleness. With ``pull``,
+        the new model is copied into j's replica in the same go (events returned)."""
         w = self.workers[j]
         w.staleness.append(self.server.version - w.pulled)
-        self.server.apply([j], 1.0 / self.opts.k)
+        return self.server.apply([j], 1.0 / self.opts.k, pull_into=w.replica if pull else None)
 
     def hogwild_interval(self, w: Worker, nsteps: int, epoch: int) -> None:
         """On worker w's stream: unlocked pull, interval, unlocked push of its own update (the

@@ -58,20 +58,35 @@ class ParamServer:
                        for s, (lo, hi) in enumerate(cuts)]
 
     # -- scheduler side ------------------------------------------------------------------------
-    def apply(self, rows: Sequence[int], scale: float, after: Sequence[Any] = ()) -> None:
-        """Aggregate ``G[rows] * scale`` into every shard once the ``after`` events are reached."""
+    def apply(self, rows: Sequence[int], scale: float, after: Sequence[Any] = (),
+              pull_into: Any = None) -> list[Any]:
+        """Aggregate ``G[rows] * scale`` into every shard once the ``after`` events are reached;
+        with ``pull_into``, copy the new parameters there too (one graph per shard on a GPU)
+        and return the events a worker waits on before using them."""
         rows_dev = self.device.rows(rows)
+        events = []
         for sh in self.shards:
             for ev in after:
                 sh.stream.wait_event(ev)
             sh.step += 1
+            work = (self._kernels, sh, rows_dev, scale, False, sh.step)
+            if pull_into is not None:
+                part = pull_into if len(self.shards) == 1 else pull_into[sh.lo:sh.hi]
+                work = (self._update_pull, sh, rows_dev, scale, sh.step, part)
             if self.replayable:
-                key = ("update", sh.index, tuple(rows), scale)
-                self.graphs.launch(sh.stream, key, self._kernels, sh, rows_dev, scale, False, sh.step)
+                key = ("update", sh.index, tuple(rows), scale, None if pull_into is None else id(pull_into))
+                self.graphs.launch(sh.stream, key, *work)
             else:
-                sh.stream.launch(self._kernels, sh, rows_dev, scale, False, sh.step)
+                sh.stream.launch(*work)
+            if pull_into is not None:
+                events.append(sh.stream.record())
         self.updated = []  # recorded lazily, once, by the next aliased pull
         self.version += 1
+        return events
+
+    def _update_pull(self, sh: Shard, rows: Any, scale: float, step: int, dst: Any) -> None:
+        self._kernels(sh, rows, scale, False, step)
+        self.device.kernels.copy(dst, sh.w)
 
     def pull(self, dst: Any) -> list[Any]:
         """Copy the parameters into ``dst`` on the shards' streams; returns their events.

@@ -57,8 +57,8 @@ class Arrival:
     def has_work(self, j: int) -> bool:
         return self.next[j] < len(self.plans[j])
 
-    def start(self, j: int) -> None:
-        self.running[j] = self.run.start(j, self.plans[j][self.next[j]], self.epoch)
+    def start(self, j: int, pulled: list | None = None) -> None:
+        self.running[j] = self.run.start(j, self.plans[j][self.next[j]], self.epoch, pulled)
         self.next[j] += 1
 
     # policy hooks
@@ -79,8 +79,10 @@ class ASP(Arrival):
     name = "asp"
 
     def arrived(self, j: int) -> None:
-        self.run.apply_async(j)
-        self.try_start(j)
+        if self.has_work(j):  # apply and pull in one go, then straight back to work
+            self.start(j, self.run.apply_async(j, pull=True))
+        else:
+            self.run.apply_async(j)
 
 
 class SSP(ASP):
@@ -130,9 +132,9 @@ class SBP(Arrival):
         self.round, self.tag = 0, [0] * len(self.plans)
         self.pushed: list[int] = []
 
-    def start(self, j: int) -> None:
+    def start(self, j: int, pulled: list | None = None) -> None:
         self.tag[j] = self.round
-        super().start(j)
+        super().start(j, pulled)
 
     def arrived(self, j: int) -> None:
         if self.tag[j] == self.round:

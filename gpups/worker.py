@@ -134,7 +134,7 @@ class Worker:
         push_grads = self.push == "gradients"
         if self.head is not None:
             self.head()
-        if self.check_finite:
+        if self.check_finite and graph is None:  # (a graph's batch gather clears it)
             self.server.bad[0, self.j] = 0
         for s in range(nsteps):
             b = b0 + s

@@ -61,6 +61,10 @@ class CudaOps:
 
     def softmax_xent(self, z: Any, b: Any, y: Any, dz: Any, db: Any) -> Any:
         n, c = z.shape
+        if n <= 1024:  # the whole loss, its gradient and the bias gradient in one block
+            loss = self.scratch("loss", (1,), z.dtype)
+            function("nn", "softmax_xent_block", z.dtype)((1,), (256,), (z, b, y, dz, db, loss, np.int32(n), np.int32(c)))
+            return loss.reshape(())
         lrow = self.scratch("lrow", (n, 1), z.dtype)
         loss = self.scratch("loss", (1,), z.dtype)
         function("nn", "softmax_xent", z.dtype)((blocks(n),), (THREADS,), (z, b, y, dz, lrow, np.int64(n), np.int32(c)))
@@ -106,11 +110,13 @@ def gather_batch(src: Any, dst: Any, counter: Any) -> None:
     function_plain("gather_words")((blocks(words),), (THREADS,), (src, dst, counter, np.int64(words)))
 
 
-def gather_xy(x: Any, xb: Any, y: Any, yb: Any, counter: Any) -> None:
-    """xb, yb = the counter[0]-th batch of x and y, in one launch."""
+def gather_xy(x: Any, xb: Any, y: Any, yb: Any, counter: Any, flag: Any = None) -> None:
+    """xb, yb = the counter[0]-th batch of x and y, in one launch; flag (one int64), if given,
+    is cleared too."""
     xw, yw = xb.nbytes // 4, yb.nbytes // 4
     function_plain("gather_batch")((blocks(xw + yw),), (THREADS,),
-                                   (x, xb, np.int64(xw), y, yb, np.int64(yw), counter))
+                                   (x, xb, np.int64(xw), y, yb, np.int64(yw), counter,
+                                    np.uint64(0) if flag is None else flag))
 
 
 def counter_inc(counter: Any) -> None:

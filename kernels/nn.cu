@@ -93,6 +93,41 @@ __device__ void softmax_xent(const T* z, const T* b, const long long* y, T* dz, 
   }
 }
 
+// For a batch of at most 1024 rows, all of softmax_xent in one block: dz, then db = column sums of
+// dz and loss[0] = mean loss, one warp per column (fixed order: deterministic).
+template <typename T>
+__device__ void softmax_xent_block(const T* z, const T* b, const long long* y, T* dz, T* db, T* loss,
+                                   int n, int c) {
+  __shared__ T lrow[1024];
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const T* zi = z + (long long)i * c;
+    T* di = dz + (long long)i * c;
+    T mx = neg_inf<T>();
+    for (int j = 0; j < c; ++j) { T v = zi[j] + b[j]; di[j] = v; mx = v > mx ? v : mx; }
+    T s = 0;
+    for (int j = 0; j < c; ++j) { T e = exp(di[j] - mx); di[j] = e; s += e; }
+    const long long yi = y[i];
+    lrow[i] = (log(s) + mx - (zi[yi] + b[yi])) / (T)n;
+    const T inv = (T)1 / (s * (T)n);
+    for (int j = 0; j < c; ++j) di[j] *= inv;
+    di[yi] -= (T)1 / (T)n;
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+  for (int j = warp; j <= c; j += nwarps) {  // column j of dz; j == c: the loss
+    T s = 0;
+    if (j < c)
+      for (int i = lane; i < n; i += 32) s += dz[(long long)i * c + j];
+    else
+      for (int i = lane; i < n; i += 32) s += lrow[i];
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
+    if (lane == 0) {
+      if (j < c) db[j] = s;
+      else loss[0] = s;
+    }
+  }
+}
+
 // lrow[i] = loss_i, hit[i] = 1 if argmax(z_i + b) == y_i
 template <typename T>
 __device__ void softmax_eval(const T* z, const T* b, const long long* y, T* lrow, T* hit, long long n, int c) {
@@ -193,6 +228,9 @@ __device__ void maxpool2_back(const T* dy, const long long* arg, T* dx, int n, i
   extern "C" __global__ void softmax_xent_##S(const T* z, const T* b, const long long* y, T* dz,   \
                                               T* lrow, long long n, int c) {                       \
     softmax_xent<T>(z, b, y, dz, lrow, n, c); }                                                    \
+  extern "C" __global__ void softmax_xent_block_##S(const T* z, const T* b, const long long* y, T* dz, \
+                                                    T* db, T* loss, int n, int c) {                \
+    softmax_xent_block<T>(z, b, y, dz, db, loss, n, c); }                                          \
   extern "C" __global__ void softmax_eval_##S(const T* z, const T* b, const long long* y, T* lrow, \
                                               T* hit, long long n, int c) {                        \
     softmax_eval<T>(z, b, y, lrow, hit, n, c); }                                                   \
@@ -220,10 +258,12 @@ extern "C" __global__ void gather_words(const unsigned int* src, unsigned int* d
 }
 
 // Features and labels of the batch at the device-side counter, in one launch.
+// (The first thread also clears the worker's non-finite flag for the interval, when given one.)
 extern "C" __global__ void gather_batch(const unsigned int* x, unsigned int* xb, long long xwords,
                                         const unsigned int* y, unsigned int* yb, long long ywords,
-                                        const long long* counter) {
+                                        const long long* counter, long long* flag) {
   const long long c = counter[0];
+  if (flag != 0 && blockIdx.x == 0 && threadIdx.x == 0) *flag = 0;
   GRID_STRIDE(t, xwords + ywords) {
     if (t < xwords) xb[t] = x[c * xwords + t];
     else yb[t - xwords] = y[c * ywords + (t - xwords)];
