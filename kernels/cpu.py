@@ -8,6 +8,7 @@ Both are ``nogil`` so that worker threads run truly in parallel.
 from __future__ import annotations
 
 import os
+import threading
 import types
 
 # Idle OpenMP threads must sleep, not spin: on a small CPU the worker threads need those cores
@@ -187,7 +188,16 @@ adagrad, adagrad_serial = _build(_adagrad)
 adam, adam_serial = _build(_adam)
 aggregate, aggregate_serial = _build(_aggregate)
 all_finite, all_finite_serial = _build(_all_finite)
-flag_nonfinite, flag_nonfinite_serial = _build(_flag_nonfinite)
+_flag_parallel, flag_nonfinite_serial = _build(_flag_nonfinite)
+
+
+def flag_nonfinite(x, bad, j, stamp):
+    """Parallel on the main thread (a lone inline worker), serial on worker threads, which run
+    concurrently (numba's workqueue layer must not be entered from two threads at once)."""
+    if threading.current_thread() is threading.main_thread():
+        _flag_parallel(x, bad, j, stamp)
+    else:
+        flag_nonfinite_serial(x, bad, j, stamp)
 
 def copy(dst, src):
     dst[...] = src
