@@ -71,7 +71,6 @@ def bandwidth():
     b = cp.empty_like(a)
     t = bench(lambda: cp.copyto(b, a), sync)
     R["copy_TBps"] = 2 * a.nbytes / t / 1e12
-    del a, b
     k, N = 8, 32 << 20
     G = cp.random.random((k, N), dtype=cp.float32)
     w = cp.random.random(N, dtype=cp.float32)
@@ -82,7 +81,6 @@ def bandwidth():
     R["agg_momentum_k8_32M_ms"] = t * 1e3
     R["agg_momentum_TBps"] = (k * N + 4 * N) * 4 / t / 1e12
     R["agg_fraction_of_copy"] = R["agg_momentum_TBps"] / R["copy_TBps"]
-    del G, w, v
 
 
 def gpups_mlp(utype, k, epochs=3, rounds=120):

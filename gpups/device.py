@@ -90,7 +90,8 @@ def cpu_kernels() -> Any:
 
         from .kernels import cpu_numpy
 
-        warnings.warn(f"gpups: numba unavailable ({exc}); CPU kernels fall back to numpy", RuntimeWarning)
+        warnings.warn(f"gpups: numba unavailable ({exc}); CPU kernels fall back to numpy", RuntimeWarning,
+                      stacklevel=2)
         return cpu_numpy
 
 

@@ -1,7 +1,6 @@
 """Option checking for :func:`gpups.paramserv`: every bad input is named before any work starts."""
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -188,10 +187,3 @@ def check_partitions(parts: list, batchsize: int, n: int, k: int) -> None:
         raise option_error("batchsize", batchsize,
                            f"at most {smallest}: worker {j}'s partition has {smallest} rows "
                            f"({n} rows over k={k} workers)")
-
-
-def is_number(x: Any) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False

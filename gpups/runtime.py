@@ -18,7 +18,6 @@ from .errors import WorkerError
 from .flat import Layout
 from .history import Progress, epoch_record
 from .optim import make_rule
-from .partition import partition
 from .server import ParamServer
 from .streams import StreamError
 from .sync import make_policy

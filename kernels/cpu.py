@@ -147,14 +147,6 @@ def _aggregate(G, rows, bad, scale, out):
         _gather(G, rows, bad, scale, lo, hi, out[lo:hi])
 
 
-def _all_finite(x):
-    bad = 0
-    for i in prange(x.shape[0]):
-        if not np.isfinite(x[i]):
-            bad += 1
-    return bad == 0
-
-
 def _flag_nonfinite(x, bad, j, stamp):
     """If x holds NaN or Inf: bad[0, j] = stamp (the server skips worker j's push), bad[1, j]
     counts such pushes, bad[2, j] keeps the first stamp (the batch reported)."""
@@ -187,7 +179,6 @@ nesterov, nesterov_serial = _build(_nesterov)
 adagrad, adagrad_serial = _build(_adagrad)
 adam, adam_serial = _build(_adam)
 aggregate, aggregate_serial = _build(_aggregate)
-all_finite, all_finite_serial = _build(_all_finite)
 _flag_parallel, flag_nonfinite_serial = _build(_flag_nonfinite)
 
 

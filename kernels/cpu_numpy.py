@@ -64,10 +64,6 @@ def aggregate(G, rows, bad, scale, out):
     out[...] = 0 if g is None else g
 
 
-def all_finite(x):
-    return bool(np.isfinite(x).all())
-
-
 def flag_nonfinite(x, bad, j, stamp):
     if not np.isfinite(x).all():
         bad[0, j] = stamp[0]
@@ -80,6 +76,6 @@ def copy(dst, src):
     dst[...] = src
 
 
-aggregate_serial, all_finite_serial, flag_nonfinite_serial = aggregate, all_finite, flag_nonfinite
+aggregate_serial, flag_nonfinite_serial = aggregate, flag_nonfinite
 UPDATES = {name: (f, f) for name, f in
            [("sgd", sgd), ("momentum", momentum), ("nesterov", nesterov), ("adagrad", adagrad), ("adam", adam)]}

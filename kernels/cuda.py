@@ -83,6 +83,3 @@ def copy(dst: Any, src: Any) -> None:
     cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, src.nbytes,
                                 cp.cuda.runtime.memcpyDeviceToDevice, cp.cuda.get_current_stream().ptr)
 
-
-def all_finite(x: Any) -> bool:
-    return bool(cp.isfinite(x).all())

@@ -104,12 +104,6 @@ class CudaOps:
                                                   (dy, arg, dx, np.int32(n), np.int32(H), np.int32(W), np.int32(C)))
 
 
-def gather_batch(src: Any, dst: Any, counter: Any) -> None:
-    """dst = the counter[0]-th block of len(dst) rows of src (device-side offset)."""
-    words = dst.nbytes // 4
-    function_plain("gather_words")((blocks(words),), (THREADS,), (src, dst, counter, np.int64(words)))
-
-
 def gather_xy(x: Any, xb: Any, y: Any, yb: Any, counter: Any, flag: Any = None) -> None:
     """xb, yb = the counter[0]-th batch of x and y, in one launch; flag (one int64), if given,
     is cleared too."""

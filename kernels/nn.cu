@@ -250,13 +250,6 @@ __device__ void maxpool2_back(const T* dy, const long long* arg, T* dx, int n, i
 INSTANTIATE(float, f32)
 INSTANTIATE(double, f64)
 
-// dst[t] = src[counter[0] * words + t]: the batch at the worker's device-side position
-extern "C" __global__ void gather_words(const unsigned int* src, unsigned int* dst,
-                                        const long long* counter, long long words) {
-  const long long base = counter[0] * words;
-  GRID_STRIDE(t, words) { dst[t] = src[base + t]; }
-}
-
 // Features and labels of the batch at the device-side counter, in one launch.
 // (The first thread also clears the worker's non-finite flag for the interval, when given one.)
 extern "C" __global__ void gather_batch(const unsigned int* x, unsigned int* xb, long long xwords,

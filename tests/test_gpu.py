@@ -1,7 +1,6 @@
 """GPU path (marked gpu, skipped without CuPy and a CUDA device): CUDA kernels equal the
 reference, CPU and GPU give the same BSP model, graph replay equals eager execution, every sync
 mode trains."""
-import os
 
 import numpy as np
 import pytest
