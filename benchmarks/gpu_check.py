@@ -83,7 +83,7 @@ def bandwidth():
     R["agg_fraction_of_copy"] = R["agg_momentum_TBps"] / R["copy_TBps"]
 
 
-def gpups_mlp(utype, k, epochs=3, rounds=120):
+def gpups_mlp(utype, k, epochs=3, rounds=400):
     import cupy as cp
 
     import gpups
@@ -152,7 +152,7 @@ def profile(utype):
 
     pr = cProfile.Profile()
     pr.enable()
-    gpups_mlp(utype, 8, epochs=2, rounds=60)
+    gpups_mlp(utype, 8, epochs=2, rounds=120)
     pr.disable()
     buf = io.StringIO()
     pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(14)
@@ -179,7 +179,7 @@ def main():
         run_tests(args.test_timeout)
         log("tests:", R["tests_summary"], f"({R['tests_seconds']} s)")
     steps = [("bandwidth", bandwidth)]
-    for utype, k in [("BSP", 1), ("BSP", 8), ("ASP", 8), ("HOGWILD", 8)]:
+    for utype, k in [("BSP", 1), ("BSP", 8), ("ASP", 8), ("HOGWILD", 8), ("BSP", 16)]:
         steps.append((f"gpups {utype} k={k}", lambda u=utype, kk=k: gpups_mlp(u, kk)))
     steps.append(("torch", torch_loops))
     if args.profile:
