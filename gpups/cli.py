@@ -1,4 +1,4 @@
-"""``gpups`` console script: ``gpups train`` (and ``gpups bench``, see benchmarks/)."""
+"""``gpups`` console script: ``gpups train`` and ``gpups bench`` (:mod:`gpups.bench`)."""
 from __future__ import annotations
 
 import argparse
@@ -146,10 +146,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpups", description="GPU-accelerated parameter-server trainer")
     sub = parser.add_subparsers(dest="command", required=True)
     train_parser(sub)
+    from .bench import bench_parser, main as bench_main
+
+    bench_parser(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
             train(args)
+        elif args.command == "bench":
+            bench_main(args)
     except (ValueError, ImportError, FileNotFoundError) as exc:
         print(f"gpups {args.command}: error: {exc}", file=sys.stderr)
         return 2

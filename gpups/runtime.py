@@ -111,6 +111,7 @@ class Run:
             w.dropped = 0
             w.stream.launch(w.start_epoch)
         skipped_before = self.skipped()
+        server_before = self.server.update_seconds
         t0 = time.perf_counter()
         self.policy.run_epoch(self, epoch)
         self.barrier()
@@ -119,6 +120,8 @@ class Run:
         metrics = self.validate()
         skipped = [a - b for a, b in zip(self.skipped(), skipped_before)]
         rec = epoch_record(epoch, seconds, self.workers, metrics, self.opts.utype, skipped)
+        if self.device.kind == "cpu":
+            rec["server_seconds"] = self.server.update_seconds - server_before
         self.history.append(rec)
         progress.epoch(rec)
         if self.opts.checkpoint:

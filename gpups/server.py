@@ -8,6 +8,7 @@ so it is the shard's lock: no other lock exists.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -41,6 +42,7 @@ class ParamServer:
     bad: Any = field(init=False)  # (3, k) int64: [0] push flagged non-finite (skipped), [1] count, [2] first batch
     version: int = 0            # updates applied so far (staleness is measured in these)
     updated: list = field(default_factory=list)  # per shard: event after its latest update
+    update_seconds: float = 0.0  # CPU: wall time spent in update kernels (the bench's server share)
 
     def __post_init__(self) -> None:
         xp, n = self.device.xp, self.layout.size
@@ -115,6 +117,14 @@ class ParamServer:
         self.version += 1
 
     def _kernels(self, sh: Shard, rows: Any, scale: float, serial: bool, step: int) -> None:
+        if self.device.kind == "cpu":
+            t0 = time.perf_counter()
+            self._run_kernels(sh, rows, scale, serial, step)
+            self.update_seconds += time.perf_counter() - t0
+        else:  # asynchronous: a host clock would measure the launch only
+            self._run_kernels(sh, rows, scale, serial, step)
+
+    def _run_kernels(self, sh: Shard, rows: Any, scale: float, serial: bool, step: int) -> None:
         G, w = sh.G, sh.w
         kernels = self.device.kernels
         bad = self.bad[0]

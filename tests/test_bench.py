@@ -1,0 +1,88 @@
+"""`gpups bench`: the quick preset runs on the CPU and its JSON holds every figure."""
+import json
+
+import pytest
+
+from gpups import bench, cli
+
+SCENARIO_KEYS = {"id", "model", "data", "utype", "freq", "k", "servers", "batchsize", "device", "epochs",
+                 "samples_per_s", "epochs_to_target", "seconds_to_target", "final_accuracy", "final_loss",
+                 "server_share", "staleness_mean", "staleness_max", "peak_host_bytes", "peak_device_bytes",
+                 "params", "history", "wall_seconds"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert cli.main(["bench", "--quick", "--device", "cpu", "--out", str(out)]) == 0
+    return out, json.loads((out / "bench.json").read_text())
+
+
+def test_quick_preset_runs_every_scenario(quick):
+    out, doc = quick
+    assert doc["schema"] == bench.SCHEMA and doc["preset"] == "quick"
+    expected = [s.id for s in bench.presets("quick", gpu=False)]
+    assert [r["id"] for r in doc["scenarios"]] == expected
+    for r in doc["scenarios"]:
+        assert SCENARIO_KEYS <= set(r), SCENARIO_KEYS - set(r)
+        assert r["samples_per_s"] > 0 and 0 <= r["server_share"] <= 1.5
+        assert r["final_accuracy"] > 0.5 and len(r["history"]) == r["epochs"]
+        assert r["peak_host_bytes"] > 0 and r["peak_device_bytes"] is None
+        if r["utype"] in ("BSP", "SBP"):
+            assert r["staleness_max"] == 0
+    for key in ("cpu", "cores", "python", "numpy", "numba"):
+        assert doc["machine"][key]
+    base = doc["baselines"]
+    assert base["plain_loop_samples_per_s"] > 0
+    assert 0.05 < base["aggregation_fraction_of_copy"] < 5
+    assert "torch_eager_samples_per_s" in base or "torch_skipped" in base
+
+
+def test_quick_preset_writes_plots_when_matplotlib_is_there(quick):
+    pytest.importorskip("matplotlib")
+    out, _ = quick
+    assert (out / "throughput_vs_k.png").stat().st_size > 1000
+    assert (out / "accuracy_vs_time.png").stat().st_size > 1000
+
+
+def test_compare_prints_ratios(quick, tmp_path, capsys):
+    out, doc = quick
+    doc2 = json.loads(json.dumps(doc))
+    for r in doc2["scenarios"]:
+        r["samples_per_s"] *= 2
+    (tmp_path / "b.json").write_text(json.dumps(doc2))
+    assert cli.main(["bench", "--compare", str(out / "bench.json"), str(tmp_path / "b.json")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 + len(doc["scenarios"])
+    assert all(line.split()[-1] == "2.00" for line in lines[1:])
+    (tmp_path / "bad.json").write_text("{}")
+    assert cli.main(["bench", "--compare", str(out / "bench.json"), str(tmp_path / "bad.json")]) == 2
+
+
+def test_presets_and_grid():
+    gpu = bench.presets("gpu", gpu=True)
+    assert {(s.utype, s.k) for s in gpu} >= {("BSP", 8), ("ASP", 8), ("HOGWILD", 8)}
+    assert all(s.model == "mlp:784-512-512-10" and s.batchsize == 256 for s in gpu)
+    scaling = bench.presets("scaling", gpu=False)
+    assert [s.k for s in scaling[:5]] == [1, 2, 4, 8, 16]
+    for target, spec in zip((10 ** 5, 10 ** 6, 10 ** 7), [s.model for s in scaling[5:]]):
+        sizes = [int(v) for v in spec[4:].split("-")]
+        params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        assert 0.9 * target < params < 1.1 * target
+    with pytest.raises(ValueError, match="preset='huge'"):
+        bench.presets("huge", gpu=False)
+    args = cli_args(["bench", "--models", "softmax,mlp:784-32-10", "--utypes", "BSP,ASP", "--k", "1,2,4"])
+    assert len(bench.grid(args)) == 2 * 2 * 3
+
+
+def test_gpu_preset_without_a_gpu_is_named(capsys):
+    assert cli.main(["bench", "--gpu", "--device", "cpu"]) == 2
+    assert "--gpu needs CuPy and a CUDA device" in capsys.readouterr().err
+
+
+def cli_args(argv):
+    import argparse
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="command")
+    bench.bench_parser(sub)
+    return p.parse_args(argv)
