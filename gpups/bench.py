@@ -318,10 +318,14 @@ def _aggregation(dev: Any, model: str, batch: int) -> dict[str, float]:
 
 # -- machine, output --------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
-    import numba
-
     info: dict[str, Any] = {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-                            "numpy": np.__version__, "numba": numba.__version__, "platform": platform.platform()}
+                            "numpy": np.__version__, "platform": platform.platform()}
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+    except ImportError:
+        info["numba"] = None
     try:
         import cupy
 

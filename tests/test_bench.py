@@ -30,7 +30,7 @@ def test_quick_preset_runs_every_scenario(quick):
         assert r["peak_host_bytes"] > 0 and r["peak_device_bytes"] is None
         if r["utype"] in ("BSP", "SBP"):
             assert r["staleness_max"] == 0
-    for key in ("cpu", "cores", "python", "numpy", "numba"):
+    for key in ("cpu", "cores", "python", "numpy", "numba", "platform"):
         assert doc["machine"][key]
     base = doc["baselines"]
     assert base["plain_loop_samples_per_s"] > 0
