@@ -40,7 +40,6 @@ class Run:
                                make_rule(opts.agg, hp), opts.batchsize, opts.push, alias, opts.k > 1)
                         for j, rows in enumerate(parts)]
         for w in self.workers:
-            w.dropped, w.pulled = 0, 0
             if opts.utype == "hogwild":  # the worker's own stream pulls and pushes, unlocked
                 w.head = None if alias else w.pull_unlocked
                 w.tail = functools.partial(self.server.push_unlocked, device.rows([w.j]), 1.0 / opts.k)
@@ -108,7 +107,6 @@ class Run:
         for w in self.workers:
             w.cursor = 0
             w.reset_stats()
-            w.dropped = 0
             w.stream.launch(w.start_epoch)
         skipped_before = self.skipped()
         server_before = self.server.update_seconds

@@ -80,6 +80,7 @@ class Worker:
         self.tail: Callable | None = None  # unlocked pull and push), captured with it
         self.epoch = 0
         self.cursor = 0      # next batch within the epoch (host side)
+        self.pulled = 0      # server version of the last pull (staleness is counted from it)
         self.where = ""      # for error messages: epoch and batch being run
         self.reset_stats()
 
@@ -94,6 +95,7 @@ class Worker:
         self.loss_host, self.loss_count = 0.0, 0
         self.samples = 0
         self.pushes = 0
+        self.dropped = 0     # SBP: pushes that came too late for their round
         self.staleness: list[int] = []
 
     def mean_loss(self) -> float | None:
