@@ -73,8 +73,7 @@ class ParamServer:
             sh.step += 1
             work = (self._kernels, sh, rows_dev, scale, False, sh.step)
             if pull_into is not None:
-                part = pull_into if len(self.shards) == 1 else pull_into[sh.lo:sh.hi]
-                work = (self._update_pull, sh, rows_dev, scale, sh.step, part)
+                work = (self._update_pull, sh, rows_dev, scale, sh.step, self._part(pull_into, sh))
             if self.replayable:
                 key = ("update", sh.index, tuple(rows), scale, None if pull_into is None else id(pull_into))
                 self.graphs.launch(sh.stream, key, *work)
@@ -100,10 +99,13 @@ class ParamServer:
         events = []
         copy = self.device.kernels.copy
         for sh in self.shards:
-            part = dst if len(self.shards) == 1 else dst[sh.lo:sh.hi]
-            self.graphs.launch(sh.stream, ("pull", sh.index, id(dst)), copy, part, sh.w)
+            self.graphs.launch(sh.stream, ("pull", sh.index, id(dst)), copy, self._part(dst, sh), sh.w)
             events.append(sh.stream.record())
         return events
+
+    def _part(self, flat: Any, sh: Shard) -> Any:
+        """Shard sh's range of a flat buffer (the buffer itself when there is one shard)."""
+        return flat if len(self.shards) == 1 else flat[sh.lo:sh.hi]
 
     # -- worker side (HOGWILD): the worker's stream, no ordering, no lock ----------------------
     def push_unlocked(self, rows: Any, scale: float) -> None:
