@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -31,11 +32,29 @@ def epoch_record(epoch: int, seconds: float, workers: list, metrics: dict[str, f
 
 
 class Progress:
-    """One line per epoch on stderr: loss, validation metrics, samples/s."""
+    """One line per epoch on stderr: loss, validation metrics, samples/s; and within a long epoch
+    a heartbeat line every ``every`` seconds with the share of batches launched so far."""
+
+    every = 10.0
 
     def __init__(self, epochs: int, enabled: bool = True, stream: Any = None):
         self.epochs, self.enabled = epochs, enabled
         self.stream = stream or sys.stderr
+        self.t0 = self.next = 0.0
+
+    def start_epoch(self) -> None:
+        self.t0 = time.perf_counter()
+        self.next = self.t0 + self.every
+
+    def heartbeat(self, epoch: int, done: int, total: int, samples: int) -> None:
+        """Cheap to call per push: prints only when ``every`` seconds have passed."""
+        now = time.perf_counter()
+        if not self.enabled or now < self.next:
+            return
+        self.next = now + self.every
+        print(f"  epoch {epoch + 1}/{self.epochs}: {100 * done / max(total, 1):.0f}% of batches, "
+              f"{samples / (now - self.t0):,.0f} samples/s, {now - self.t0:.0f}s",
+              file=self.stream, flush=True)
 
     def epoch(self, rec: dict[str, Any]) -> None:
         if not self.enabled:

@@ -49,6 +49,7 @@ class Run:
         self.clock_log: list[tuple[int, int, int]] = []  # SSP: (worker, its clock, slowest clock)
         self.history: list[dict[str, Any]] = []
         self.first_epoch = 0
+        self.progress: Progress | None = None
         device.synchronize()  # set-up copies ran on the default stream: finish them first
 
     # -- primitives for policies ---------------------------------------------------------------
@@ -65,6 +66,9 @@ class Run:
         if w.base is not None:
             w.stream.launch(w.snapshot_base)
         w.stream.launch(w.run, nsteps, epoch)
+        if self.progress is not None:
+            self.progress.heartbeat(epoch, sum(x.cursor for x in self.workers),
+                                    sum(x.batches for x in self.workers), sum(x.samples for x in self.workers))
         return w.stream.record()
 
     def apply_async(self, j: int, pull: bool = False) -> list[Any]:
@@ -84,7 +88,7 @@ class Run:
 
     # -- the epoch loop ------------------------------------------------------------------------
     def train(self, epochs: int) -> list[dict[str, Any]]:
-        progress = Progress(epochs, enabled=self.opts.progress)
+        progress = self.progress = Progress(epochs, enabled=self.opts.progress)
         try:
             with self.device.compute_threads(self.opts.k):
                 for epoch in range(self.first_epoch, epochs):
@@ -110,6 +114,7 @@ class Run:
             w.stream.launch(w.start_epoch)
         skipped_before = self.skipped()
         server_before = self.server.update_seconds
+        progress.start_epoch()
         t0 = time.perf_counter()
         self.policy.run_epoch(self, epoch)
         self.barrier()

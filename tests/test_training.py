@@ -54,3 +54,22 @@ def test_progress_prints_one_line_per_epoch(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3
     assert lines[0].startswith("epoch 1/3  loss ") and "val_accuracy" in lines[0] and "samples/s" in lines[0]
+
+
+def test_long_epochs_print_a_heartbeat(capsys, monkeypatch):
+    import time
+
+    from gpups.history import Progress
+    monkeypatch.setattr(Progress, "every", 0.05)
+    data = datasets.digits()
+    net = SoftmaxRegression(64, 10)
+
+    def slow(p, x, y, hp):
+        time.sleep(0.004)
+        return net.gradients(p, x, y, hp)
+
+    gpups.paramserv(net.init(0), data.X, data.y, upd=slow, k=2, epochs=1, batchsize=32, device="cpu")
+    err = [line for line in capsys.readouterr().err.splitlines() if line]
+    beats = [line for line in err if "% of batches" in line]
+    assert beats and beats[0].startswith("  epoch 1/1: ") and "samples/s" in beats[0]
+    assert err[-1].startswith("epoch 1/1")
