@@ -82,6 +82,7 @@ class CudaStream:
 class CUDADevice:
     kind = "cuda"
     xp = cp
+    max_workers = 1024  # MAXK in kernels/optim.cu
 
     def __init__(self, ids: Sequence[int]):
         if len(set(ids)) > 1:

@@ -10,6 +10,7 @@ from . import checkpoint as ckpt
 from .device import host, resolve
 from .flat import Layout
 from .optim import check_like, make_rule, resolve_hyperparams
+from .errors import option_error
 from .options import array_module, check_partitions, validate
 from .partition import partition
 from .runtime import Run, check_metrics, log
@@ -55,6 +56,9 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
                     nonfinite=nonfinite)
     hp = resolve_hyperparams(opts.agg, hyperparams)
     dev = resolve(device)
+    if dev.kind == "cuda" and opts.k > dev.max_workers:
+        raise option_error("k", opts.k, f"at most {dev.max_workers} workers on a GPU (the fused kernels "
+                           "keep the rows they aggregate in shared memory)")
     n = features.shape[0]
     parts = partition(n, opts.k, opts.scheme, opts.seed)
     check_partitions(parts, opts.batchsize, n, opts.k)

@@ -201,3 +201,11 @@ def test_bad_device_is_named():
         d = datasets.digits()
         net = SoftmaxRegression(64, 10)
         gpups.paramserv(net.init(0), d.X, d.y, upd=net.gradients, progress=False, device="cuda:99")
+
+
+def test_too_many_workers_for_the_gpu_kernels_is_named():
+    d = datasets.synthetic(n=3000, d=8)
+    net = SoftmaxRegression(8, 10)
+    with pytest.raises(ValueError, match=r"k=1025.*at most 1024 workers on a GPU"):
+        gpups.paramserv(net.init(0), d.X, d.y, upd=net.gradients, k=1025, batchsize=1, progress=False,
+                        device="cuda")
