@@ -192,4 +192,8 @@ class Worker:
                         self.local_state, step)
 
     def pull_unlocked(self) -> None:
+        """HOGWILD's pull, on the worker's own stream (with push='model', also the base the
+        model's change is measured from)."""
         self.device.kernels.copy(self.replica, self.server.w)
+        if self.base is not None:
+            self.device.kernels.copy(self.base, self.replica)

@@ -116,3 +116,27 @@ def test_inputs_are_not_mutated(blobs):
         assert_models_close(params, copies[2], rtol=0, atol=0)
         assert all(res.model[n].dtype == params[n].dtype and res.model[n].shape == params[n].shape
                    for n in params)
+
+
+@pytest.mark.parametrize("utype", ["ASP", "SSP", "HOGWILD", "SBP", "BSP"])
+@pytest.mark.parametrize("freq", ["BATCH", "NBATCHES", "EPOCH"])
+def test_one_worker_pushing_its_model_equals_plain_sgd(blobs, utype, freq):
+    """push='model' with k=1: the server adds the replica's change since the pull, which is the
+    worker's own local SGD trajectory."""
+    X, y = blobs
+    net = small_net()
+    params = net.init(4, dtype=np.float64)
+    kw = {"nbatches": 2} if freq == "NBATCHES" else {}
+    res = ps(params, X, y, utype=utype, freq=freq, push="model", k=1, batchsize=16, epochs=2, **kw)
+    assert_models_close(res.model, plain_sgd(net, params, X, y, 16, LR, epochs=2), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("utype", ["BSP", "SBP"])
+def test_uneven_partitions_finish_every_batch(blobs, utype):
+    """241 rows over 4 workers with batch 7: partitions of 61/60/60/60 rows, 9 batches each but
+    a short last one; every row is trained on once per epoch."""
+    X, y = blobs
+    X, y = np.vstack([X, X[:1]]), np.concatenate([y, y[:1]])
+    res = ps(small_net().init(0, dtype=np.float64), X, y, utype=utype, k=4, batchsize=7)
+    rec = res.history[0]
+    assert rec["samples"] == 241 and rec["pushes"] == [9, 9, 9, 9]

@@ -87,3 +87,25 @@ def test_sbp_drops_straggler_pushes(blobs):
     assert rec["dropped"][0] > 0          # the straggler's late pushes were dropped
     assert sum(rec["dropped"][1:]) <= sum(rec["dropped"])
     assert all(np.isfinite(v).all() for v in res.model.values())
+
+
+@pytest.mark.parametrize("utype", ["BSP", "ASP", "SSP", "SBP", "HOGWILD"])
+@pytest.mark.parametrize("freq", ["BATCH", "NBATCHES", "EPOCH"])
+@pytest.mark.parametrize("push", ["gradients", "model"])
+def test_every_mode_frequency_and_push_trains(blobs, utype, freq, push):
+    """Every combination runs k=3 workers to the end, pushes as often as freq says, and lowers
+    the validation loss."""
+    X, y = blobs
+    net = small_net()
+    params = net.init(0, dtype=np.float64)
+    kw = {"staleness": 1} if utype == "SSP" else {"backup_workers": 1} if utype == "SBP" else {}
+    nb = 3
+    res = gpups.paramserv(params, X, y, upd=net.gradients, agg="momentum", utype=utype, freq=freq, push=push,
+                          nbatches=nb if freq == "NBATCHES" else 1, k=3, batchsize=8, epochs=3,
+                          hyperparams={"lr": 0.05}, val_features=X, val_labels=y, progress=False,
+                          device="cpu", **kw)
+    per = {"BATCH": 10, "NBATCHES": 4, "EPOCH": 1}[freq]  # 80 rows per worker, 10 batches
+    assert res.history[0]["pushes"] == [per] * 3
+    assert all(np.isfinite(v).all() for v in res.model.values())
+    before = net.evaluate(params, X, y)["loss"]
+    assert res.history[-1]["val_loss"] < before
