@@ -94,7 +94,7 @@ def test_sbp_drops_straggler_pushes(blobs):
 @pytest.mark.parametrize("push", ["gradients", "model"])
 def test_every_mode_frequency_and_push_trains(blobs, utype, freq, push):
     """Every combination runs k=3 workers to the end, pushes as often as freq says, and lowers
-    the validation loss."""
+    the validation loss (model pushes with 2 server shards, gradient pushes with 1)."""
     X, y = blobs
     net = small_net()
     params = net.init(0, dtype=np.float64)
@@ -102,6 +102,7 @@ def test_every_mode_frequency_and_push_trains(blobs, utype, freq, push):
     nb = 3
     res = gpups.paramserv(params, X, y, upd=net.gradients, agg="momentum", utype=utype, freq=freq, push=push,
                           nbatches=nb if freq == "NBATCHES" else 1, k=3, batchsize=8, epochs=3,
+                          servers=2 if push == "model" else 1,
                           hyperparams={"lr": 0.05}, val_features=X, val_labels=y, progress=False,
                           device="cpu", **kw)
     per = {"BATCH": 10, "NBATCHES": 4, "EPOCH": 1}[freq]  # 80 rows per worker, 10 batches
