@@ -47,40 +47,15 @@ def run_tests(timeout: int) -> None:
         log("\n".join(lines[-60:]))
 
 
-def bench(fn, sync, warm=3, reps=20):
-    for _ in range(warm):
-        fn()
-    sync()
-    ts = []
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        sync()
-        ts.append((time.perf_counter() - t) / reps)
-    return float(np.median(ts))
-
-
 def bandwidth():
-    import cupy as cp
-    from gpups.kernels import cuda
+    """The fused aggregate+momentum over 8 buffers of 32 M floats against a plain copy."""
+    from gpups.bench import _aggregation
+    from gpups.device import resolve
 
-    sync = cp.cuda.Device().synchronize
-    n = 256 << 20  # 1 GiB of float32
-    a = cp.random.random(n, dtype=cp.float32)
-    b = cp.empty_like(a)
-    t = bench(lambda: cp.copyto(b, a), sync)
-    R["copy_TBps"] = 2 * a.nbytes / t / 1e12
-    k, N = 8, 32 << 20
-    G = cp.random.random((k, N), dtype=cp.float32)
-    w = cp.random.random(N, dtype=cp.float32)
-    v = cp.zeros(N, cp.float32)
-    rows, bad = cp.arange(k, dtype=cp.int64), cp.zeros(k, cp.int64)
-    mom = cuda.UPDATES["momentum"][0]
-    t = bench(lambda: mom(G, rows, bad, 1.0 / k, w, v, 0.01, 0.9), sync)
-    R["agg_momentum_k8_32M_ms"] = t * 1e3
-    R["agg_momentum_TBps"] = (k * N + 4 * N) * 4 / t / 1e12
-    R["agg_fraction_of_copy"] = R["agg_momentum_TBps"] / R["copy_TBps"]
+    agg = _aggregation(resolve("cuda"), "mlp:784-512-512-10", 256)
+    R["copy_TBps"] = agg["copy_GBps"] / 1e3
+    R["agg_momentum_TBps"] = agg["aggregation_GBps"] / 1e3
+    R["agg_fraction_of_copy"] = agg["aggregation_fraction_of_copy"]
 
 
 def gpups_mlp(utype, k, epochs=3, rounds=400):
@@ -106,42 +81,11 @@ def gpups_mlp(utype, k, epochs=3, rounds=400):
 
 
 def torch_loops():
-    import torch
+    """PyTorch's eager loop and its step as a CUDA graph, same model and batch."""
+    from gpups.bench import _torch_loops
+    from gpups.device import resolve
 
-    dev = "cuda"
-    torch.manual_seed(0)
-    m = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
-                            torch.nn.ReLU(), torch.nn.Linear(512, 10)).to(dev)
-    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-    X = torch.randn(256 * 16, 784, device=dev)
-    Y = torch.randint(0, 10, (256 * 16,), device=dev)
-    lf = torch.nn.CrossEntropyLoss()
-    it = [0]
-
-    def step():
-        i = it[0] % 16
-        it[0] += 1
-        opt.zero_grad(set_to_none=False)
-        lf(m(X[i * 256:(i + 1) * 256]), Y[i * 256:(i + 1) * 256]).backward()
-        opt.step()
-    sync = torch.cuda.synchronize
-    R["torch_eager_samples_per_s"] = 256 / bench(step, sync, 10, 100)
-    xs, ys = X[:256].clone(), Y[:256].clone()
-
-    def gstep():
-        opt.zero_grad(set_to_none=False)
-        lf(m(xs), ys).backward()
-        opt.step()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            gstep()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        gstep()
-    R["torch_graph_samples_per_s"] = 256 / bench(g.replay, sync, 10, 300)
+    R.update(_torch_loops(resolve("cuda"), "mlp:784-512-512-10", 256))
 
 
 def profile(utype):
@@ -196,7 +140,7 @@ def main():
         json.dump(R, f, indent=1, default=str)
     log("\n==== gpu_check", R["gpu"], "====")
     log("tests:", R.get("tests_summary", "skipped"))
-    for key in ("copy_TBps", "agg_momentum_TBps", "agg_fraction_of_copy", "agg_momentum_k8_32M_ms"):
+    for key in ("copy_TBps", "agg_momentum_TBps", "agg_fraction_of_copy"):
         if key in R:
             log(f"{key:34} {R[key]:10.3f}")
     te = R.get("torch_eager_samples_per_s")
