@@ -46,11 +46,12 @@ class Progress:
         self.t0 = time.perf_counter()
         self.next = self.t0 + self.every
 
+    def due(self) -> bool:
+        """Whether a heartbeat is due (cheap: called per push)."""
+        return self.enabled and time.perf_counter() >= self.next
+
     def heartbeat(self, epoch: int, done: int, total: int, samples: int) -> None:
-        """Cheap to call per push: prints only when ``every`` seconds have passed."""
         now = time.perf_counter()
-        if not self.enabled or now < self.next:
-            return
         self.next = now + self.every
         print(f"  epoch {epoch + 1}/{self.epochs}: {100 * done / max(total, 1):.0f}% of batches, "
               f"{samples / (now - self.t0):,.0f} samples/s, {now - self.t0:.0f}s",

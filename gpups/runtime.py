@@ -66,7 +66,7 @@ class Run:
         if w.base is not None:
             w.stream.launch(w.snapshot_base)
         w.stream.launch(w.run, nsteps, epoch)
-        if self.progress is not None:
+        if self.progress is not None and self.progress.due():
             self.progress.heartbeat(epoch, sum(x.cursor for x in self.workers),
                                     sum(x.batches for x in self.workers), sum(x.samples for x in self.workers))
         return w.stream.record()
