@@ -24,6 +24,7 @@ class CPUDevice:
 
     def __init__(self) -> None:
         self.kernels = cpu_kernels()
+        self._rows: dict[tuple, np.ndarray] = {}
 
     def worker_stream(self, j: int, concurrent: bool = True) -> Any:
         """A thread per worker; a lone worker runs inline in the scheduler's thread."""
@@ -41,7 +42,12 @@ class CPUDevice:
         return np.ascontiguousarray(host(array))
 
     def rows(self, idx: Sequence[int]) -> np.ndarray:
-        return np.asarray(idx, np.int64)
+        """Worker indices as an int64 array (cached: the same few sets recur every round)."""
+        key = tuple(idx)
+        arr = self._rows.get(key)
+        if arr is None:
+            arr = self._rows[key] = np.asarray(key, np.int64)
+        return arr
 
     @staticmethod
     def set_counter(counter: np.ndarray, value: int) -> None:

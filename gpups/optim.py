@@ -71,7 +71,16 @@ class Builtin:
         serial = serial or w.shape[0] < getattr(kernels, "PARALLEL_MIN", 0)
         fn = kernels.UPDATES[self.name][1 if serial else 0]
         dt = w.dtype.type
-        fn(G, rows, bad, dt(scale), w, *state.values(), *(dt(s) for s in self.scalars(step)))
+        fn(G, rows, bad, dt(scale), w, *state.values(), *self._typed(dt, step))
+
+    def _typed(self, dt: Any, step: int) -> tuple:
+        """The kernel's scalars in the parameters' dtype (cached unless they depend on step)."""
+        if self.name == "adam":
+            return tuple(dt(s) for s in self.scalars(step))
+        cache = self.__dict__.setdefault("_cache", {})
+        if dt not in cache:
+            cache[dt] = tuple(dt(s) for s in self.scalars(step))
+        return cache[dt]
 
 
 @dataclass
