@@ -57,6 +57,7 @@ def train_parser(sub: Any) -> None:
     p.add_argument("--checkpoint", default=None, help="folder for per-epoch checkpoints")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nonfinite", default="raise", help="a NaN/Inf push: 'raise' (stop) or 'skip'")
     p.add_argument("--out", default="runs/latest", help="folder for history.json, model.npz, plot")
     p.add_argument("--quiet", action="store_true")
 
@@ -97,7 +98,7 @@ def train(args: Any) -> dict[str, Any]:
         backup_workers=args.backup_workers, epochs=args.epochs, batchsize=args.batchsize, k=args.k,
         servers=args.servers, scheme=args.scheme, hyperparams=hp, val_features=Xv, val_labels=yv,
         evaluate=net.evaluate, device=args.device, backend=args.backend, checkpoint=args.checkpoint,
-        resume=args.resume, seed=args.seed, progress=not args.quiet)
+        resume=args.resume, seed=args.seed, progress=not args.quiet, nonfinite=args.nonfinite)
     wall = time.perf_counter() - t0
     os.makedirs(args.out, exist_ok=True)
     summary = {"model": args.model, "data": data.name, "device": res.device, "utype": args.utype,

@@ -144,10 +144,12 @@ def labels_of(y: Any, xp: Any) -> Any:
 
 
 def _mse(z: Any, b: Any, y: Any, dz: Any, db: Any) -> Any:
-    """0.5 * mean squared error of z + b against y; dz and db its gradients."""
+    """0.5 * mean squared error of z + b against y; dz and db its gradients (no temporaries)."""
+    xp = xp_of(z)
     n = z.shape[0]
-    dz[...] = z + b - y.reshape(z.shape)
-    loss = 0.5 * (dz * dz).sum() / n
+    xp.add(z, b, out=dz)
+    dz -= y.reshape(z.shape)
+    loss = 0.5 * xp.vdot(dz, dz) / n
     dz *= 1.0 / n
-    db[...] = dz.sum(axis=0)
+    dz.sum(axis=0, out=db)
     return loss
