@@ -51,24 +51,11 @@ def run_gpups():
 
 
 def run_torch():
-    import torch
+    """PyTorch's eager loop of the same MLP (the harness behind ``gpups bench``)."""
+    from gpups.bench import _torch_loops
+    from gpups.device import resolve
 
-    torch.manual_seed(0)
-    m = torch.nn.Sequential(torch.nn.Linear(D_IN, H), torch.nn.ReLU(), torch.nn.Linear(H, H), torch.nn.ReLU(),
-                            torch.nn.Linear(H, D_OUT))
-    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-    Xn, yn = data()
-    X, Y = torch.from_numpy(Xn), torch.from_numpy(yn)
-    lf = torch.nn.CrossEntropyLoss()
-    it = [0]
-
-    def step():
-        i = it[0] % 16
-        it[0] += 1
-        opt.zero_grad()
-        lf(m(X[i * BS:(i + 1) * BS]), Y[i * BS:(i + 1) * BS]).backward()
-        opt.step()
-    return median_rate(step, BS)
+    return _torch_loops(resolve("cpu"), f"mlp:{D_IN}-{H}-{H}-{D_OUT}", BS)["torch_eager_samples_per_s"]
 
 
 def run_numpy():

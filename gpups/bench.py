@@ -87,41 +87,16 @@ def mlp_sizes(params: int, d: int = 784, classes: int = 10) -> str:
     return f"{d}-{h}-{h}-{classes}"
 
 
-# -- data and models --------------------------------------------------------------------------
-def load_data(spec: str, image: bool, seed: int = 0) -> Any:
-    from . import datasets
-
-    if spec.startswith("synthetic"):
-        parts = spec.split(":")
-        n = int(parts[1]) if len(parts) > 1 else 8000
-        d = int(parts[2]) if len(parts) > 2 else 784
-        return datasets.synthetic(n=n, d=d, seed=seed)
-    return datasets.load(spec, image=image, seed=seed) if spec in ("mnist5k", "digits") else datasets.load(spec)
-
-
-def build(model: str, data: Any) -> Any:
-    from . import models
-
-    d = int(np.prod(data.shape))
-    if model == "softmax":
-        return models.SoftmaxRegression(d, data.classes)
-    if model == "lenet":
-        return models.LeNet(input_shape=data.shape, classes=data.classes)
-    if model.startswith("mlp:"):
-        sizes = [int(s) for s in model[4:].split("-")]
-        sizes[0], sizes[-1] = d, data.classes
-        return models.MLP(sizes)
-    raise ValueError(f"model={model!r} is not allowed: expected 'softmax', 'lenet' or 'mlp:SIZES'")
-
-
 # -- one scenario -----------------------------------------------------------------------------
 def run_scenario(sc: Scenario) -> dict[str, Any]:
     import gpups
     from .device import resolve
 
+    from . import datasets, models
+
     dev = resolve(sc.device)
-    data = load_data(sc.data, image=sc.model == "lenet")
-    net = build(sc.model, data)
+    data = datasets.from_spec(sc.data, image=sc.model == "lenet")
+    net = models.for_data(sc.model, data)
     xp = dev.xp
     X, y, Xv, yv = (xp.asarray(a) for a in (data.X, data.y, data.Xv, data.yv))
     kw = {"staleness": 2} if sc.utype == "SSP" else {"backup_workers": 1} if sc.utype == "SBP" else {}
@@ -199,8 +174,10 @@ def _gpu_update_seconds(dev: Any, net: Any, sc: Scenario, hist: list) -> float:
     return t * updates
 
 
-def _time(fn: Callable[[], Any], sync: Callable[[], Any], reps: int = 20) -> float:
-    fn()
+def _time(fn: Callable[[], Any], sync: Callable[[], Any], reps: int = 20, warm: int = 10) -> float:
+    """Median over 3 repeats of the mean time of ``reps`` calls, after ``warm`` calls."""
+    for _ in range(warm):
+        fn()
     sync()
     ts = []
     for _ in range(3):

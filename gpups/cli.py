@@ -10,22 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-MODELS = ("softmax", "mlp", "lenet", "linear")
-
-
-def build_model(name: str, data: Any, hidden: Sequence[int]) -> Any:
-    from . import models
-
-    d = int(np.prod(data.shape))
-    if name == "softmax":
-        return models.SoftmaxRegression(d, data.classes)
-    if name == "mlp":
-        return models.MLP([d, *hidden, data.classes])
-    if name == "linear":
-        return models.LinearRegression(d, data.y.shape[1] if data.y.ndim > 1 else 1)
-    if name == "lenet":
-        return models.LeNet(input_shape=data.shape, classes=data.classes)
-    raise ValueError(f"--model={name!r} is not allowed: expected one of {MODELS}")
+MODELS = ("softmax", "mlp", "lenet", "linear")  # the --model choices (models.for_data takes them)
 
 
 def train_parser(sub: Any) -> None:
@@ -62,27 +47,14 @@ def train_parser(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def load_data(args: Any) -> Any:
-    from . import datasets
-
-    image = args.model == "lenet"
-    if args.data == "mnist":
-        if not args.data_dir:
-            raise SystemExit("--data mnist needs --data-dir FOLDER with the four IDX files")
-        return datasets.mnist(args.data_dir, image=image, seed=args.seed)
-    if args.data in ("mnist5k", "digits"):
-        return datasets.load(args.data, image=image, seed=args.seed)
-    if args.data == "synthetic":
-        return datasets.synthetic(n=args.samples, seed=args.seed)
-    return datasets.load(args.data, n=args.samples, seed=args.seed)
-
-
 def train(args: Any) -> dict[str, Any]:
     import gpups
 
-    data = load_data(args)
-    hidden = [int(h) for h in args.hidden.split(",") if h]
-    net = build_model(args.model, data, hidden)
+    from . import datasets, models
+
+    data = datasets.from_spec(args.data, image=args.model == "lenet", seed=args.seed, folder=args.data_dir,
+                              n=args.samples)
+    net = models.for_data(args.model, data, [int(h) for h in args.hidden.split(",") if h])
     dtype = np.dtype(args.dtype)
     X, Xv = data.X.astype(dtype, copy=False), data.Xv.astype(dtype, copy=False)
     y, yv = data.y, data.yv

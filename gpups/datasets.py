@@ -129,6 +129,25 @@ def synthetic_regression(n: int = 10_000, d: int = 100, val_fraction: float = 0.
     return split("synthetic_regression", X, y, val_fraction, seed, 0)
 
 
+def from_spec(spec: str, image: bool = False, seed: int = 0, folder: str | None = None,
+              n: int = 10_000) -> Dataset:
+    """A data set from a short spec: ``mnist5k``, ``digits``, ``mnist`` (needs ``folder``),
+    ``synthetic[:N[:D]]``, ``synthetic_regression[:N[:D]]`` (``n`` rows unless N is given)."""
+    name, *dims = spec.split(":")
+    if name in ("synthetic", "synthetic_regression"):
+        kw = {"n": int(dims[0]) if dims else n, "seed": seed}
+        if len(dims) > 1:
+            kw["d"] = int(dims[1])
+        return load(name, **kw)
+    if name == "mnist":
+        if not folder:
+            raise ValueError("data='mnist' needs a folder with the four IDX files (--data-dir)")
+        return mnist(folder, image=image, seed=seed)
+    if name in ("mnist5k", "digits"):
+        return load(name, image=image, seed=seed)
+    return load(name)  # names the allowed ones
+
+
 def load(name: str, **kwargs) -> Dataset:
     """A data set by name: ``mnist5k``, ``digits``, ``mnist`` (needs ``folder=``), ``synthetic``,
     ``synthetic_regression``."""
