@@ -66,3 +66,14 @@ class Layout:
 
     def names_in(self, lo: int, hi: int) -> tuple[str, ...]:
         return tuple(n for n, o in zip(self.names, self.offsets) if lo <= o < hi)
+
+    def sub(self, lo: int, hi: int) -> "Layout":
+        """The layout of the range [lo, hi) as a buffer of its own: the whole tensors in it,
+        offsets from lo (a server shard's view of the model); one flat tensor where the range
+        cuts through tensors."""
+        inside = [(n, s, o - lo) for n, s, o in zip(self.names, self.shapes, self.offsets) if lo <= o < hi]
+        ends = sum(int(np.prod(s, dtype=np.int64)) for _, s, _ in inside)
+        if inside and inside[0][2] == 0 and ends == hi - lo:
+            names, shapes, offsets = zip(*inside)
+            return Layout(names, shapes, offsets, hi - lo, self.dtype)
+        return Layout(("range",), ((hi - lo,),), (0,), hi - lo, self.dtype)

@@ -14,7 +14,7 @@ from .partition import SCHEMES
 UTYPES = ("BSP", "ASP", "SSP", "SBP", "HOGWILD")
 FREQS = ("BATCH", "NBATCHES", "EPOCH")
 PUSHES = ("gradients", "model")
-BACKENDS = ("local",)
+BACKENDS = ("local", "ray")
 NONFINITE = ("raise", "skip")
 
 
@@ -38,6 +38,7 @@ class Options:
     seed: int
     progress: bool
     nonfinite: str = "raise"
+    ray_address: str | None = None  # backend="ray": None (start a local instance), "auto", "host:port"
 
 
 def choice(option: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -128,7 +129,7 @@ def validate(model: Any, features: Any, labels: Any, *, upd: Any, agg: Any, utyp
              epochs: Any, batchsize: Any, k: Any, servers: Any, scheme: Any, hyperparams: Any,
              val_features: Any, val_labels: Any, evaluate: Any, nbatches: Any, push: Any,
              staleness: Any, backup_workers: Any, backend: Any, checkpoint: Any, resume: Any,
-             seed: Any, progress: Any, nonfinite: Any = "raise") -> Options:
+             seed: Any, progress: Any, nonfinite: Any = "raise", ray_address: Any = None) -> Options:
     check_model(model)
     check_data(features, labels)
     if (val_features is None) != (val_labels is None):
@@ -168,6 +169,7 @@ def validate(model: Any, features: Any, labels: Any, *, upd: Any, agg: Any, utyp
     if bw != 0 and ut != "sbp":
         raise option_error("backup_workers", backup_workers, "0 unless utype='SBP'")
     be = choice("backend", backend, BACKENDS)
+    ra = check_ray_address(ray_address, be)
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise option_error("checkpoint", checkpoint, "a folder path or None")
     rs = flag("resume", resume)
@@ -177,7 +179,7 @@ def validate(model: Any, features: Any, labels: Any, *, upd: Any, agg: Any, utyp
     pg = flag("progress", progress)
     nf = choice("nonfinite", nonfinite, NONFINITE)
     return Options(agg, ut, fr, ep, bs, kk, sv, sc, nb, ps, st, bw, be,
-                   None if checkpoint is None else os.fspath(checkpoint), rs, sd, pg, nf)
+                   None if checkpoint is None else os.fspath(checkpoint), rs, sd, pg, nf, ra)
 
 
 def check_partitions(parts: list, batchsize: int, n: int, k: int) -> None:
@@ -187,3 +189,16 @@ def check_partitions(parts: list, batchsize: int, n: int, k: int) -> None:
         raise option_error("batchsize", batchsize,
                            f"at most {smallest}: worker {j}'s partition has {smallest} rows "
                            f"({n} rows over k={k} workers)")
+
+
+def check_ray_address(address: Any, backend: str) -> str | None:
+    if address is None:
+        return None
+    if backend != "ray":
+        raise option_error("ray_address", address, "None unless backend='ray'")
+    ok = isinstance(address, str) and (address == "auto" or address.startswith("ray://") or (
+        ":" in address and address.rsplit(":", 1)[1].isdigit() and address.rsplit(":", 1)[0] != ""))
+    if not ok:
+        raise option_error("ray_address", address, "None (start a local Ray instance), 'auto' (the cluster "
+                           "of `ray start` on this machine) or 'host:port' of a cluster's head")
+    return address

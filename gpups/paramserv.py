@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import checkpoint as ckpt
-from .device import host, resolve
+from .device import CPUDevice, host, resolve
 from .flat import Layout
 from .optim import check_like, make_rule, resolve_hyperparams
 from .errors import option_error
@@ -36,7 +36,7 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
               push: str = "gradients", staleness: int = 0, backup_workers: int = 0,
               device: Any = "auto", backend: str = "local", checkpoint: str | None = None,
               resume: bool = False, seed: int = 0, progress: bool = True,
-              nonfinite: str = "raise") -> Result:
+              nonfinite: str = "raise", ray_address: str | None = None) -> Result:
     """Train ``model`` with ``k`` workers and ``servers`` parameter-server shards.
 
     ``upd(params, features, labels, hyperparams)`` returns the gradients of a mini-batch (a dict
@@ -46,16 +46,19 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
     mode (``BSP``, ``ASP``, ``SSP``, ``SBP``, ``HOGWILD``), ``freq`` how often workers push
     (``BATCH``, ``NBATCHES``, ``EPOCH``). A push holding NaN or Inf is never applied; with
     ``nonfinite="raise"`` the run stops naming the worker and batch, with ``"skip"`` it goes on and
-    counts it. Inputs are never mutated. See README.md for every option.
+    counts it. ``backend="ray"`` runs the shards and workers as Ray actors (a local Ray instance,
+    or the cluster at ``ray_address``). Inputs are never mutated. See README.md for every option.
     """
     opts = validate(model, features, labels, upd=upd, agg=agg, utype=utype, freq=freq, epochs=epochs,
                     batchsize=batchsize, k=k, servers=servers, scheme=scheme, hyperparams=hyperparams,
                     val_features=val_features, val_labels=val_labels, evaluate=evaluate,
                     nbatches=nbatches, push=push, staleness=staleness, backup_workers=backup_workers,
                     backend=backend, checkpoint=checkpoint, resume=resume, seed=seed, progress=progress,
-                    nonfinite=nonfinite)
+                    nonfinite=nonfinite, ray_address=ray_address)
     hp = resolve_hyperparams(opts.agg, hyperparams)
-    dev = resolve(device)
+    remote = opts.backend == "ray"
+    actor_device = ray_device(device) if remote else ""
+    dev = CPUDevice() if remote else resolve(device)  # backend="ray": the driver works on the host
     if dev.kind == "cuda" and opts.k > dev.max_workers:
         raise option_error("k", opts.k, f"at most {dev.max_workers} workers on a GPU (the fused kernels "
                            "keep the rows they aggregate in shared memory)")
@@ -79,7 +82,12 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
         if evaluate is not None:
             check_metrics(evaluate(layout.views(dev.place(init.copy())), val[0][:2], val[1][:2]))
 
-    run = Run(opts, dev, layout, init, xf, yl, parts, upd, hp, evaluate, val)
+    if remote:
+        from .ray_backend import RayRun
+
+        run: Run = RayRun(opts, layout, init, xf, yl, parts, upd, hp, evaluate, val, actor_device)
+    else:
+        run = Run(opts, dev, layout, init, xf, yl, parts, upd, hp, evaluate, val)
     if opts.resume:
         state = ckpt.load_latest(opts.checkpoint)
         if state is None:
@@ -97,7 +105,16 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
         arr = dev.to_host(view)
         out[name] = np.array(arr, copy=True) if in_xp is np else in_xp.asarray(arr).copy()
     graphs = sum(len(w.graphs.graphs) for w in run.workers if getattr(w, "graphs", None) is not None)
-    return Result(out, history, dev.describe(), run.clock_log, graphs)
+    return Result(out, history, run.device.describe(), run.clock_log, graphs)
+
+
+def ray_device(device: Any) -> str:
+    """backend="ray": what the worker actors run on ("auto": a GPU where the cluster has them)."""
+    spec = device.lower() if isinstance(device, str) else device
+    if spec not in ("auto", "cpu", "cuda"):
+        raise option_error("device", device, "'auto', 'cpu' or 'cuda' with backend='ray' (Ray places the "
+                           "workers on GPUs; it picks which)")
+    return spec
 
 
 def dry_run(dev: Any, layout: Layout, init: Any, X: Any, y: Any, rows: np.ndarray, upd: Callable,

@@ -97,8 +97,8 @@ class Run:
             self.cancel()
             who = err.stream_name
             where = ""
-            if who.startswith("worker "):
-                where = f" in {self.workers[int(who.split()[1])].where}"
+            if who.startswith("worker "):  # (a remote worker tells where it was itself)
+                where = f" in {getattr(err.exc, 'gpups_where', None) or self.workers[int(who.split()[1])].where}"
             raise WorkerError(who, f"{type(err.exc).__name__}: {err.exc}{where}") from err.exc
         except BaseException:
             self.cancel()
@@ -177,14 +177,15 @@ class Run:
                 "agg": o.agg if isinstance(o.agg, str) else "custom"}
 
     def state_dict(self, epoch: int) -> dict[str, Any]:
-        to_host = self.device.to_host
         return {"format": 1, "epoch": epoch, "fingerprint": self.fingerprint(),
                 "server": self.server.state_dict(), "history": self.history,
-                "workers": [{"local_step": w.local_step,
-                             "local_state": {s: to_host(a) for s, a in w.local_state.items()
-                                             if s != "user"} | (
-                                 {"user": w.local_state["user"]} if "user" in w.local_state else {})}
-                            for w in self.workers]}
+                "workers": self.worker_states()}
+
+    def worker_states(self) -> list[dict[str, Any]]:
+        to_host = self.device.to_host
+        return [{"local_step": w.local_step,
+                 "local_state": {s: (a if s == "user" else to_host(a)) for s, a in w.local_state.items()}}
+                for w in self.workers]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         want, got = self.fingerprint(), state["fingerprint"]
@@ -194,16 +195,19 @@ class Run:
             raise ValueError(f"resume=True: the checkpoint in {self.opts.checkpoint!r} was written by a "
                              f"different run ({detail}); use a fresh checkpoint folder or the same options")
         self.server.load_state_dict(state["server"])
-        for w, ws in zip(self.workers, state["workers"]):
+        self.load_worker_states(state["workers"])
+        self.history = list(state["history"])
+        self.first_epoch = int(state["epoch"])
+        self.device.synchronize()
+
+    def load_worker_states(self, states: list[dict[str, Any]]) -> None:
+        for w, ws in zip(self.workers, states):
             w.local_step = ws["local_step"]
             for slot, val in ws["local_state"].items():
                 if slot == "user":
                     w.local_state[slot] = val
                 else:
                     w.local_state[slot][...] = self.device.place(val)
-        self.history = list(state["history"])
-        self.first_epoch = int(state["epoch"])
-        self.device.synchronize()
 
 
 def check_metrics(out: Any) -> dict[str, Any]:

@@ -42,7 +42,48 @@ def accepts_out(fn: Callable) -> bool:
         return False
 
 
-class Worker:
+class Accounts:
+    """A worker's host-side bookkeeping: its plan, cursor, sample and push counts, loss sums,
+    staleness. Shared by :class:`Worker` and the Ray backend's driver-side proxy of a remote one."""
+
+    j: int
+    n: int
+    batchsize: int
+    batches: int
+    cursor: int
+    loss_dev: Any = None
+
+    def plan(self, freq: str, nbatches: int) -> list[int]:
+        """Steps per push interval for one epoch."""
+        per = {"batch": 1, "nbatches": nbatches, "epoch": self.batches}[freq]
+        full, rest = divmod(self.batches, per)
+        return [per] * full + ([rest] if rest else [])
+
+    def reset_stats(self) -> None:
+        self.loss_host, self.loss_count = 0.0, 0
+        self.samples = 0
+        self.pushes = 0
+        self.dropped = 0     # SBP: pushes that came too late for their round
+        self.staleness: list[int] = []
+
+    def mean_loss(self) -> float | None:
+        if not self.loss_count:
+            return None
+        total = self.loss_host + (float(self.loss_dev) if self.loss_dev is not None else 0.0)
+        return total / self.loss_count
+
+    def account(self, nsteps: int, epoch: int) -> int:
+        """Book an interval of ``nsteps`` batches from the cursor; returns its first batch."""
+        b0 = self.cursor
+        self.cursor += nsteps
+        self.epoch = epoch
+        self.where = f"epoch {epoch + 1}, batch {b0 + nsteps}"
+        self.samples += min((b0 + nsteps) * self.batchsize, self.n) - b0 * self.batchsize
+        self.pushes += 1
+        return b0
+
+
+class Worker(Accounts):
     def __init__(self, j: int, device: Any, features: Any, labels: Any, rows: np.ndarray,
                  layout: Layout, server: Any, upd: Callable, hp: dict, rule: Any,
                  batchsize: int, push: str, alias: bool = False, concurrent: bool = True,
@@ -84,26 +125,6 @@ class Worker:
         self.where = ""      # for error messages: epoch and batch being run
         self.reset_stats()
 
-    # -- planning (host) -----------------------------------------------------------------------
-    def plan(self, freq: str, nbatches: int) -> list[int]:
-        """Steps per push interval for one epoch."""
-        per = {"batch": 1, "nbatches": nbatches, "epoch": self.batches}[freq]
-        full, rest = divmod(self.batches, per)
-        return [per] * full + ([rest] if rest else [])
-
-    def reset_stats(self) -> None:
-        self.loss_host, self.loss_count = 0.0, 0
-        self.samples = 0
-        self.pushes = 0
-        self.dropped = 0     # SBP: pushes that came too late for their round
-        self.staleness: list[int] = []
-
-    def mean_loss(self) -> float | None:
-        if not self.loss_count:
-            return None
-        total = self.loss_host + (float(self.loss_dev) if self.loss_dev is not None else 0.0)
-        return total / self.loss_count
-
     def start_epoch(self) -> None:
         """On the worker's stream: the batch counter and the device loss sum back to 0."""
         self.counter.fill(0)
@@ -117,18 +138,13 @@ class Worker:
     def run(self, nsteps: int, epoch: int) -> None:
         """``nsteps`` local steps, leaving the payload in ``server.G[j]`` (host bookkeeping here,
         device work in :meth:`interval`, eagerly or as a CUDA graph replay)."""
-        b0 = self.cursor
-        self.cursor += nsteps
-        self.epoch = epoch
-        full = (b0 + nsteps) * self.batchsize <= self.n
+        full = (self.cursor + nsteps) * self.batchsize <= self.n
+        b0 = self.account(nsteps, epoch)
         if not (self.graphs is not None and full and self.graphs.replay(nsteps)):
             self.interval(nsteps, b0)
-        self.where = f"epoch {epoch + 1}, batch {b0 + nsteps}"
-        self.samples += min((b0 + nsteps) * self.batchsize, self.n) - b0 * self.batchsize
         if self.has_loss:
             self.loss_count += nsteps
         self.local_step += nsteps if self.push == "model" else nsteps - 1
-        self.pushes += 1
 
     def interval(self, nsteps: int, b0: int, graph: Any = None) -> None:
         """The device work of one push interval from batch ``b0``. With ``graph`` (capture), the

@@ -60,6 +60,10 @@ class Model:
             params = {k: cupy.asarray(v) for k, v in params.items()}
         return params
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its workspaces (a model shipped to a Ray actor rebuilds them)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_ws"}
+
     # -- workspaces ----------------------------------------------------------------------------
     def workspace(self, xp: Any, n: int, dtype: Any) -> dict[str, Any]:
         cache = self.__dict__.setdefault("_ws", OrderedDict())

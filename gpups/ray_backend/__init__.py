@@ -1,0 +1,4 @@
+"""``backend="ray"``: server shards and workers as Ray actors (the optional extra ``gpups[ray]``)."""
+from .run import RayRun
+
+__all__ = ["RayRun"]

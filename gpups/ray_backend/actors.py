@@ -1,0 +1,174 @@
+"""The two Ray actors. Each wraps the local backend's own class: a :class:`ShardActor` holds a
+:class:`~gpups.server.ParamServer` over its range of the parameters, a :class:`WorkerActor` a
+:class:`~gpups.worker.Worker` with its data partition. Only the transport is new: payloads and
+parameters travel as numpy arrays through Ray's object store (zero-copy reads on one node).
+
+The actors are plain classes here; :mod:`gpups.ray_backend.run` wraps them with ``ray.remote``
+and the resources and restart policy of the run.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..device import CPUDevice, host
+from ..flat import Layout
+from ..optim import make_rule
+from ..server import ParamServer
+from ..worker import Worker
+
+
+class ShardActor:
+    """Server shard ``index``: the parameters [lo, hi) and their optimizer state."""
+
+    def __init__(self, index: int, layout: Layout, w0: np.ndarray, agg: Any, hp: dict, k: int, push: str):
+        self.index = index
+        self.server = ParamServer(CPUDevice(), layout, np.array(w0, copy=True), make_rule(agg, hp), k, 1, push)
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def apply(self, rows: list[int], scale: float, *statuses_then_payloads: Any) -> np.ndarray:
+        """One update from the pushes of ``rows`` (their statuses, then their payload slices);
+        returns the new parameters (the next pull)."""
+        self._receive(rows, statuses_then_payloads)
+        self.server.apply(rows, scale)
+        return self.server.w
+
+    def _receive(self, rows: Sequence[int], args: Sequence[Any]) -> None:
+        n = len(rows)
+        for j, status, payload in zip(rows, args[:n], args[n:]):
+            self.server.G[j] = payload
+            self.server.bad[0, j] = status["flagged"]
+
+    def pull(self) -> tuple[np.ndarray, int]:
+        return self.server.w, self.server.version
+
+    def params(self) -> np.ndarray:
+        return self.server.w
+
+    def push_unlocked(self, j: int, scale: float, status: dict, payload: np.ndarray) -> int:
+        """HOGWILD: apply worker j's push at once, unordered with the others' (the actor serves
+        several calls at a time); returns the version after it."""
+        self._receive([j], [status, payload])
+        self.server.push_unlocked(self.server.device.rows([j]), scale)
+        self.server.count_unlocked()
+        return self.server.version
+
+    def state(self) -> dict[str, Any]:
+        return self.server.state_dict()
+
+    def load_state(self, state: dict[str, Any]) -> np.ndarray:
+        self.server.load_state_dict(state)
+        return self.server.w
+
+
+class _Mirror:
+    """What a remote :class:`Worker` sees of the server: a parameter-sized template, its own
+    payload row and its own non-finite flags (the shards get them with the payload)."""
+
+    def __init__(self, j: int, size: int, dtype: Any, k: int, xp: Any):
+        self.w = xp.empty(size, dtype)
+        self.G = {j: xp.zeros(size, dtype)}
+        self.bad = xp.zeros((3, k), xp.int64)
+
+
+class WorkerActor:
+    """Worker j with its partition, shipped once. Each call runs one push interval from the
+    batch the driver names, so a restarted actor goes on where the run is."""
+
+    def __init__(self, j: int, X: np.ndarray, y: np.ndarray, layout: Layout, upd: Callable, agg: Any,
+                 hp: dict, batchsize: int, push: str, k: int, cuts: list[tuple[int, int]], threads: int,
+                 gpu: bool, shards: Sequence[Any] = ()):
+        limit_threads(threads)
+        if gpu:
+            from ..gpu import CUDADevice
+
+            self.device: Any = CUDADevice([0])  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU
+        else:
+            self.device = CPUDevice()
+        xp = self.device.xp
+        self.mirror = _Mirror(j, layout.size, layout.dtype, k, xp)
+        self.worker = w = Worker(j, self.device, X, y, np.arange(len(X)), layout, self.mirror, upd, hp,
+                                 make_rule(agg, hp), batchsize, push, alias=False, concurrent=False)
+        if gpu:
+            w.graphs = self.device.step_graphs(w)
+        self.cuts, self.shards, self.j = cuts, list(shards), j
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def run(self, cursor: int, nsteps: int, epoch: int, *parts: np.ndarray) -> tuple:
+        """Pull ``parts`` (the shards' parameters), run ``nsteps`` batches from batch ``cursor``;
+        returns the status, then the payload cut at the shards' ranges."""
+        self._pull(parts)
+        status = self._interval(cursor, nsteps, epoch)
+        payload = host(self.worker.payload)
+        return (status, *[payload[lo:hi] for lo, hi in self.cuts])
+
+    def hogwild(self, cursor: int, nsteps: int, epoch: int, scale: float) -> dict:
+        """HOGWILD: pull from the shards, run, push to them, with no ordering among workers."""
+        import ray
+
+        pulled = ray.get([sh.pull.remote() for sh in self.shards])
+        self._pull([p for p, _ in pulled])
+        status = self._interval(cursor, nsteps, epoch)
+        payload = host(self.worker.payload)
+        versions = ray.get([sh.push_unlocked.remote(self.j, scale, status, payload[lo:hi])
+                            for sh, (lo, hi) in zip(self.shards, self.cuts)])
+        status["staleness"] = max(0, versions[0] - 1 - pulled[0][1])
+        return status
+
+    def _pull(self, parts: Sequence[np.ndarray]) -> None:
+        w = self.worker
+        for (lo, hi), part in zip(self.cuts, parts):
+            w.replica[lo:hi] = self.device.place(part) if self.device.kind != "cpu" else part
+        if w.base is not None:
+            w.snapshot_base()
+
+    def _interval(self, cursor: int, nsteps: int, epoch: int) -> dict:
+        w, bad = self.worker, self.mirror.bad
+        w.reset_stats()
+        if w.loss_dev is not None:
+            w.loss_dev.fill(0)
+        w.cursor = cursor
+        self.device.set_counter(w.counter, cursor)
+        bad[1:, self.j] = 0
+        try:
+            w.run(nsteps, epoch)
+        except Exception as exc:  # the driver names the batch, as the local backend does
+            exc.gpups_where = w.where
+            raise
+        flags = [int(v) for v in self.device.to_host(bad[:, self.j])]
+        loss = w.mean_loss()
+        return {"flagged": flags[0], "skipped": flags[1], "first_bad": flags[2],
+                "loss_sum": 0.0 if loss is None else loss * w.loss_count, "loss_count": w.loss_count}
+
+    def local_state(self) -> dict[str, Any]:
+        w = self.worker
+        return {"local_step": w.local_step,
+                "local_state": {s: (a if s == "user" else self.device.to_host(a)) for s, a in w.local_state.items()}}
+
+    def load_local_state(self, state: dict[str, Any]) -> None:
+        w = self.worker
+        w.local_step = state["local_step"]
+        for slot, val in state["local_state"].items():
+            if slot == "user":
+                w.local_state[slot] = val
+            else:
+                w.local_state[slot][...] = self.device.place(val)
+
+
+def limit_threads(n: int) -> None:
+    """This actor's share of the node: numba's and the BLAS's thread counts."""
+    try:
+        import numba
+
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    except Exception:  # numba missing (numpy kernels) or its layer fixed already
+        pass
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(max(1, n))

@@ -1,0 +1,343 @@
+"""``backend="ray"``: the same run, policies and epoch loop, over Ray actors.
+
+:class:`RayRun` is a :class:`~gpups.runtime.Run` whose server is a :class:`RemoteServer` (one
+:class:`~.actors.ShardActor` per shard) and whose workers are :class:`RemoteWorker` proxies (the
+host bookkeeping here, a :class:`~.actors.WorkerActor` doing the work). The sync policies do not
+change: an event is the ObjectRef of a worker's push, ``wait_any`` is ``ray.wait``, and a pull
+is the ObjectRefs of the shards' newest parameters, passed to the worker's next call. Ray runs
+a task once its arguments exist, so BSP's whole epoch is submitted ahead, as on a GPU.
+
+Faults: a worker actor that dies is restarted by Ray. BSP and HOGWILD calls are retried by Ray
+on the new process with the same arguments (BSP: the parameters of the round it was in; HOGWILD
+pulls anew); ASP, SSP and SBP calls are resubmitted by the driver with the server's current
+parameters. A server shard that dies is restarted too, and the run goes back to the newest
+checkpoint (or the start) and redoes the epoch. Restarts are bounded: past them, the run stops
+with the actor's error.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..device import CPUDevice
+from ..flat import Layout
+from ..optim import UserRule, make_rule
+from ..runtime import Run, log
+from ..streams import InlineStream, StreamError
+from ..sync import make_policy
+from ..worker import Accounts
+from .actors import ShardActor, WorkerActor
+from .cluster import Cluster, share
+
+RESTARTS = 3          # per actor
+READY_TIMEOUT = 300.0  # seconds for every actor to be placed and started
+
+
+class RayEvent:
+    """A call in flight: its ObjectRef, who makes it, and (arrival policies) how to resubmit it
+    when the worker died. ``names`` maps actor ids to "worker j" / "server shard s", so that an
+    error is blamed on the actor that died, not on whoever waited for it."""
+
+    __slots__ = ("ref", "who", "retry", "ray", "names")
+
+    def __init__(self, ray: Any, ref: Any, who: str, names: dict[str, str], retry: Callable[[], None] | None = None):
+        self.ray, self.ref, self.who, self.names, self.retry = ray, ref, who, names, retry
+
+    @property
+    def done(self) -> bool:
+        return bool(self.ray.wait([self.ref], timeout=0)[0])
+
+    def synchronize(self, timeout: float | None = None) -> Any:
+        """The call's result. A failure raises :class:`StreamError` naming the actor that
+        failed; if that is this call's worker and it may be resubmitted, it is, until the
+        restarts run out."""
+        for attempt in range(RESTARTS + 1):
+            try:
+                return self.ray.get(self.ref, timeout=timeout)
+            except self.ray.exceptions.RayError as exc:
+                actor = getattr(exc, "actor_id", None)
+                who = self.names.get(actor if isinstance(actor, str) else getattr(actor, "hex", lambda: "")(), self.who)
+                died = isinstance(exc, self.ray.exceptions.RayActorError)
+                if not (died and who == self.who and self.retry is not None and attempt < RESTARTS):
+                    cause = getattr(exc, "cause", None)  # a task's own exception, unwrapped
+                    raise StreamError(who, cause if isinstance(cause, Exception) else exc) from exc
+                self.retry()
+        raise AssertionError("unreachable")
+
+
+class RayDevice(CPUDevice):
+    """The driver's side: host arrays, and ``ray.wait`` for the arrival policies."""
+
+    kind = "ray"
+
+    def __init__(self, ray: Any):
+        super().__init__()
+        self.ray = ray
+        res = ray.cluster_resources()
+        self.description = (f"ray ({len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPU, "
+                            f"{res.get('GPU', 0):g} GPU)")
+
+    def wait_any(self, events: Sequence[RayEvent]) -> list[int]:
+        refs = [e.ref for e in events]
+        self.ray.wait(refs, num_returns=1)
+        ready = set(self.ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+        return [i for i, r in enumerate(refs) if r in ready]
+
+    def describe(self) -> str:
+        return self.description
+
+
+class RemoteServer:
+    """The driver's handle on the shard actors: the refs of their newest parameters, the
+    pending pushes, and the version count the policies measure staleness in."""
+
+    def __init__(self, ray: Any, actors: list[Any], cuts: list[tuple[int, int]], k: int, dtype: Any):
+        self.ray, self.actors, self.cuts = ray, actors, cuts
+        self.current: list[Any] = []   # refs: each shard's newest parameters
+        self.pending: dict[int, tuple[Any, list[Any]]] = {}  # worker -> (status, payload slices)
+        self.version = 0
+        self.bad = np.zeros((3, k), np.int64)
+        self.update_seconds = 0.0
+        self.final: np.ndarray | None = None
+        self.dtype = dtype
+        self.names: dict[str, str] = {a._actor_id.hex(): f"server shard {s}" for s, a in enumerate(actors)}
+
+    def event(self, ref: Any, who: str, retry: Callable[[], None] | None = None) -> RayEvent:
+        return RayEvent(self.ray, ref, who, self.names, retry)
+
+    def apply(self, rows: Sequence[int], scale: float, after: Sequence[Any] = (),
+              pull_into: Any = None) -> list[RayEvent]:
+        rows = [int(j) for j in rows]
+        statuses = [self.pending[j][0] for j in rows]
+        self.current = [a.apply.remote(rows, scale, *statuses, *[self.pending[j][1][s] for j in rows])
+                        for s, a in enumerate(self.actors)]
+        self.version += 1
+        if pull_into is None:
+            return []
+        return [self.event(r, f"server shard {s}") for s, r in enumerate(self.current)]
+
+    def pull(self, dst: Any = None) -> list[RayEvent]:
+        return [self.event(r, f"server shard {s}") for s, r in enumerate(self.current)]
+
+    @property
+    def w(self) -> np.ndarray:
+        if self.final is not None:  # the run is over (and Ray may be too)
+            return self.final
+        return np.concatenate([self._get(r, s) for s, r in enumerate(self.current)])
+
+    def _get(self, ref: Any, s: int) -> Any:
+        return self.event(ref, f"server shard {s}").synchronize()
+
+    def synchronize(self) -> None:
+        for s, r in enumerate(self.current):
+            self._get(r, s)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The local backend's format: a checkpoint resumes on either backend."""
+        out: dict[str, Any] = {"version": self.version, "bad": self.bad.copy()}
+        ws = []
+        for s, a in enumerate(self.actors):
+            st = self._get(a.state.remote(), s)
+            ws.append(st.pop("w"))
+            out.update({key.replace("shard0.", f"shard{s}.", 1): v for key, v in st.items() if key.startswith("shard0.")})
+        out["w"] = np.concatenate(ws)
+        return out
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.version = int(d["version"])
+        self.bad[...] = d["bad"]
+        refs = []
+        for s, (a, (lo, hi)) in enumerate(zip(self.actors, self.cuts)):
+            st = {"w": d["w"][lo:hi], "version": self.version, "bad": d["bad"]}
+            st.update({key.replace(f"shard{s}.", "shard0.", 1): v for key, v in d.items() if key.startswith(f"shard{s}.")})
+            refs.append(a.load_state.remote(st))
+        self.current = refs
+        self.pending.clear()
+        self.synchronize()
+
+
+class RemoteWorker(Accounts):
+    """Driver-side proxy of a worker actor: the bookkeeping the policies read, and the calls
+    in flight this epoch (their statuses are folded in at the barrier)."""
+
+    def __init__(self, j: int, actor: Any, n: int, batchsize: int):
+        self.j, self.actor, self.n, self.batchsize = j, actor, n, batchsize
+        self.batches = -(-n // batchsize)
+        self.stream = InlineStream(f"worker {j}")  # HOGWILD's launches run here, on the driver
+        self.replica = object()  # a token: "pull into this worker" (the pull is an argument)
+        self.base = None
+        self.cursor = self.pulled = self.epoch = 0
+        self.where = ""
+        self.calls: list[RayEvent] = []
+        self.reset_stats()
+
+    def start_epoch(self) -> None:
+        self.calls = []
+
+
+class RayRun(Run):
+    def __init__(self, opts: Any, layout: Layout, init_flat: np.ndarray, features: Any, labels: Any,
+                 parts: list[np.ndarray], upd: Callable, hp: dict, evaluate: Callable | None,
+                 val: tuple[Any, Any] | None, device: str):
+        self.cluster = Cluster(opts.ray_address)
+        try:
+            self._build(opts, layout, init_flat, features, labels, parts, upd, hp, evaluate, val, device)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, opts: Any, layout: Layout, init_flat: np.ndarray, features: Any, labels: Any,
+               parts: list[np.ndarray], upd: Callable, hp: dict, evaluate: Callable | None,
+               val: tuple[Any, Any] | None, device: str) -> None:
+        ray = self.ray = self.cluster.ray
+        self.opts, self.layout, self.hp, self.evaluate, self.val = opts, layout, hp, evaluate, val
+        self.device = RayDevice(ray)
+        self.actors: list[Any] = []
+        k = opts.k
+        cuts = layout.shards(opts.servers, whole_tensors=isinstance(make_rule(opts.agg, hp), UserRule))
+        hogwild = opts.utype == "hogwild"
+        shard_cls = ray.remote(ShardActor).options(
+            num_cpus=0, max_restarts=RESTARTS, max_task_retries=0, max_concurrency=k if hogwild else 1)
+        shards = [shard_cls.remote(s, layout.sub(lo, hi), init_flat[lo:hi], opts.agg, hp, k, opts.push)
+                  for s, (lo, hi) in enumerate(cuts)]
+        self.actors += shards
+        cpus = share(self.cluster.node_resources("CPU"), k)
+        gpus = share(self.cluster.node_resources("GPU"), k) if device != "cpu" else 0.0
+        if device == "cuda" and not gpus:
+            raise ValueError("device='cuda' is not allowed with backend='ray' here: the Ray cluster has no GPU "
+                             "for the workers; use device='auto' or 'cpu'")
+        if not cpus:
+            raise ValueError(f"k={k} workers do not fit on this Ray cluster's CPUs "
+                             f"({self.cluster.node_resources('CPU')})")
+        # BSP and HOGWILD calls are retried by Ray itself with their own arguments; the arrival
+        # policies resubmit with the current model instead (RayEvent.retry)
+        retries = RESTARTS if opts.utype in ("bsp", "hogwild") else 0
+        worker_cls = ray.remote(WorkerActor).options(
+            num_cpus=cpus, num_gpus=min(gpus, 1.0), max_restarts=RESTARTS, max_task_retries=retries)
+        ys = np.asarray(labels)
+        self.data_refs = [(ray.put(np.ascontiguousarray(features[rows])), ray.put(ys[rows])) for rows in parts]
+        actors = [worker_cls.remote(j, X, y, layout, upd, opts.agg, hp, opts.batchsize, opts.push, k, cuts,
+                                    max(1, int(cpus)), gpus > 0, shards if hogwild else ())
+                  for j, (X, y) in enumerate(self.data_refs)]
+        self.actors += actors
+        try:
+            ray.get([a.ready.remote() for a in self.actors], timeout=READY_TIMEOUT)
+        except ray.exceptions.GetTimeoutError:
+            raise TimeoutError(f"backend='ray': the {len(self.actors)} actors were not all placed within "
+                               f"{READY_TIMEOUT:.0f} s (cluster resources: {ray.available_resources()})") from None
+        self.server = RemoteServer(ray, shards, cuts, k, layout.dtype)
+        self.server.names.update({a._actor_id.hex(): f"worker {j}" for j, a in enumerate(actors)})
+        self.server.current = [ray.put(np.ascontiguousarray(init_flat[lo:hi])) for lo, hi in cuts]
+        self.workers = [RemoteWorker(j, a, len(rows), opts.batchsize) for j, (a, rows) in enumerate(zip(actors, parts))]
+        self.policy = make_policy(opts.utype, opts.staleness, opts.backup_workers)
+        self.clock_log: list[tuple[int, int, int]] = []
+        self.history: list[dict[str, Any]] = []
+        self.first_epoch = 0
+        self.progress = None
+        self.start_state = self.state_dict(0) if opts.checkpoint else None
+
+    # -- primitives for policies ---------------------------------------------------------------
+    def start(self, j: int, nsteps: int, epoch: int, pulled: list | None = None) -> RayEvent:
+        w = self.workers[j]
+        w.pulled = self.server.version
+        parts = [e.ref for e in pulled] if pulled is not None else list(self.server.current)
+        b0 = w.account(nsteps, epoch)
+        ev = self.server.event(None, f"worker {j}")
+
+        def submit(parts: list[Any]) -> None:
+            refs = w.actor.run.options(num_returns=1 + len(parts)).remote(b0, nsteps, epoch, *parts)
+            ev.ref = refs[0]
+            self.server.pending[j] = (refs[0], refs[1:])
+
+        def resubmit() -> None:  # the actor died mid-call: its restart starts from the current model
+            w.pulled = self.server.version
+            log(f"gpups: worker {j} died; Ray restarts it, resuming from the server's current model")
+            submit(list(self.server.current))
+
+        submit(parts)
+        if self.opts.utype not in ("bsp", "hogwild"):
+            ev.retry = resubmit
+        w.calls.append(ev)
+        if self.progress is not None and self.progress.due():
+            self.progress.heartbeat(epoch, sum(x.cursor for x in self.workers),
+                                    sum(x.batches for x in self.workers), sum(x.samples for x in self.workers))
+        return ev
+
+    def hogwild_interval(self, w: RemoteWorker, nsteps: int, epoch: int) -> None:
+        b0 = w.account(nsteps, epoch)
+        ref = w.actor.hogwild.remote(b0, nsteps, epoch, 1.0 / self.opts.k)
+        w.calls.append(self.server.event(ref, f"worker {w.j}"))
+        self.server.version += 1
+
+    # -- the epoch loop ------------------------------------------------------------------------
+    def epoch(self, epoch: int, progress: Any) -> None:
+        """An epoch; if a server shard died in it, back to the newest checkpoint and again."""
+        for attempt in range(RESTARTS + 1):
+            try:
+                return super().epoch(epoch, progress)
+            except StreamError as err:
+                if not err.stream_name.startswith("server shard") or self.start_state is None or attempt == RESTARTS:
+                    raise
+                state = self.restore_point()
+                log(f"gpups: {err.stream_name} died ({type(err.exc).__name__}); Ray restarts it and the run "
+                    f"goes back to the end of epoch {state['epoch']}")
+                self.load_state_dict(state)
+                self.history = self.history[:state["epoch"]]
+
+    def restore_point(self) -> dict[str, Any]:
+        from .. import checkpoint as ckpt
+
+        return ckpt.load_latest(self.opts.checkpoint) or self.start_state
+
+    def barrier(self) -> None:
+        """Every call of the epoch done: fold their statuses into the workers' accounts."""
+        for w in self.workers:
+            for ev in w.calls:
+                st = ev.synchronize()
+                w.loss_host += st["loss_sum"]
+                w.loss_count += st["loss_count"]
+                self.server.bad[1, w.j] += st["skipped"]
+                if st["first_bad"] and not self.server.bad[2, w.j]:
+                    self.server.bad[2, w.j] = st["first_bad"]
+                if "staleness" in st:
+                    w.staleness.append(st["staleness"])
+            w.calls = []
+        if self.opts.utype == "hogwild":  # the workers pushed to the shards themselves
+            self.server.current = [a.params.remote() for a in self.server.actors]
+        self.server.synchronize()
+
+    def skipped(self) -> list[int]:
+        return [int(v) for v in self.server.bad[1]]
+
+    def worker_states(self) -> list[dict[str, Any]]:
+        return [self.server.event(w.actor.local_state.remote(), f"worker {w.j}").synchronize() for w in self.workers]
+
+    def load_worker_states(self, states: list[dict[str, Any]]) -> None:
+        for w, st in zip(self.workers, states):
+            self.server.event(w.actor.load_local_state.remote(st), f"worker {w.j}").synchronize()
+
+    def cancel(self) -> None:
+        pass
+
+    def train(self, epochs: int) -> list[dict[str, Any]]:
+        """The local epoch loop; then the final parameters are fetched before Ray goes away."""
+        self.keep_open = True
+        try:
+            history = super().train(epochs)
+            self.server.final = self.server.w
+            return history
+        finally:
+            self.keep_open = False
+            self.close()
+
+    def close(self) -> None:
+        if getattr(self, "keep_open", False):
+            return
+        for a in getattr(self, "actors", []):
+            try:
+                self.cluster.ray.kill(a)
+            except Exception:
+                pass
+        self.actors = []
+        self.cluster.close()

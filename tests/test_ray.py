@@ -1,0 +1,260 @@
+"""backend="ray": the same paramserv over Ray actors (marked ``ray``; ``-m "not ray"`` skips).
+
+Ray starts once for the session (fixture ``ray_session``) and is shut down after; only the
+test of the embedded default starts and stops its own instance, in a subprocess."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import gpups
+from gpups.errors import WorkerError
+from gpups.models import MLP
+from helpers import assert_models_close, small_net
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module's upd functions
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", _node_ip_address="127.0.0.1")
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def run(ray_session, params, X, y, backend, **kw):
+    net = small_net()
+    base = dict(upd=net.gradients, agg="sgd", hyperparams={"lr": 0.2}, progress=False, device="cpu")
+    base.update(kw)
+    return gpups.paramserv(params, X, y, backend=backend, **base)
+
+
+MODES = [("BSP", {}), ("ASP", {}), ("SSP", {"staleness": 1}), ("SBP", {}), ("HOGWILD", {})]
+
+
+@pytest.mark.parametrize("utype,extra", MODES, ids=[m for m, _ in MODES])
+@pytest.mark.parametrize("freq", ["BATCH", "NBATCHES", "EPOCH"])
+@pytest.mark.parametrize("push", ["gradients", "model"])
+def test_one_worker_equals_local_backend(ray_session, blobs, utype, extra, freq, push):
+    """k=1: every utype, freq and push means the same on Ray as locally (float64)."""
+    X, y = blobs
+    params = small_net().init(1, dtype=np.float64)
+    kw = dict(utype=utype, freq=freq, push=push, k=1, batchsize=16, epochs=2, agg="momentum",
+              hyperparams={"lr": 0.05}, nbatches=3 if freq == "NBATCHES" else 1, **extra)
+    local = run(ray_session, params, X, y, "local", **kw)
+    remote = run(ray_session, params, X, y, "ray", **kw)
+    assert_models_close(remote.model, local.model, rtol=1e-12, atol=1e-14)
+    assert [h["samples"] for h in remote.history] == [h["samples"] for h in local.history]
+    assert remote.history[-1]["loss"] == pytest.approx(local.history[-1]["loss"], rel=1e-12)
+
+
+@pytest.mark.parametrize("freq", ["BATCH", "NBATCHES", "EPOCH"])
+@pytest.mark.parametrize("servers", [1, 3])
+def test_bsp_equals_local_backend(ray_session, blobs, freq, servers):
+    """k=3 workers, BSP: the same model as the local backend, shard by shard."""
+    X, y = blobs
+    params = small_net().init(2, dtype=np.float64)
+    kw = dict(utype="BSP", freq=freq, k=3, batchsize=8, epochs=2, servers=servers, agg="adam",
+              hyperparams={"lr": 0.01}, nbatches=2 if freq == "NBATCHES" else 1)
+    local = run(ray_session, params, X, y, "local", **kw)
+    remote = run(ray_session, params, X, y, "ray", **kw)
+    assert_models_close(remote.model, local.model, rtol=1e-12, atol=1e-14)
+
+
+def test_user_agg_and_model_averaging(ray_session, blobs):
+    """A user-written agg over whole tensors on two shards, and push='model' with freq=EPOCH."""
+    X, y = blobs
+    params = small_net().init(4, dtype=np.float64)
+
+    def agg(p, g, state, hp):
+        return {n: p[n] - hp["lr"] * g[n] for n in p}, state
+
+    for kw in (dict(agg=agg, servers=2), dict(push="model", freq="EPOCH")):
+        local = run(ray_session, params, X, y, "local", utype="BSP", k=2, batchsize=10, epochs=2, **kw)
+        remote = run(ray_session, params, X, y, "ray", utype="BSP", k=2, batchsize=10, epochs=2, **kw)
+        assert_models_close(remote.model, local.model, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("utype,extra", MODES, ids=[m for m, _ in MODES])
+def test_every_mode_trains(ray_session, blobs, utype, extra):
+    X, y = blobs
+    net = small_net()
+    res = run(ray_session, net.init(0, dtype=np.float64), X[:200], y[:200], "ray", utype=utype, k=3,
+              batchsize=10, epochs=6, val_features=X[200:], val_labels=y[200:], **extra)
+    assert res.history[-1]["val_accuracy"] >= 0.85
+    assert res.device.startswith("ray")
+    assert [sum(h["pushes"]) for h in res.history] == [sum(res.history[0]["pushes"])] * 6
+    if utype in ("ASP", "SSP"):  # the first k arrivals of an epoch saw 0, 1, ... updates
+        assert max(res.history[0]["staleness_max"]) >= 1
+    if utype == "SSP":
+        assert len(res.clock_log) == sum(sum(h["pushes"]) for h in res.history)
+        assert max(clock - slowest for _, clock, slowest in res.clock_log) <= 1
+
+
+def test_worker_error_is_named(ray_session, blobs):
+    X, y = blobs
+    net = small_net()
+
+    def upd(p, xb, yb, hp):
+        if xb[0, 0] == X[140, 0]:  # worker 1's second batch
+            raise FloatingPointError("bad row")
+        return net.gradients(p, xb, yb, hp)
+
+    with pytest.raises(WorkerError, match=r"^worker 1 failed: FloatingPointError: bad row in epoch 1, batch 2$"):
+        run(ray_session, net.init(0, dtype=np.float64), X, y, "ray", upd=upd, utype="ASP", k=2,
+            batchsize=20, epochs=1)
+
+
+def test_nan_push_is_named_not_applied(ray_session, blobs):
+    X, y = blobs
+    Xn = X.copy()
+    net = small_net()
+
+    def upd(p, xb, yb, hp):
+        g, loss = net.gradients(p, xb, yb, hp)
+        if xb[0, 0] == Xn[130, 0]:
+            g = {n: v * np.nan for n, v in g.items()}
+        return g, loss
+
+    with pytest.raises(WorkerError, match=r"worker 1 .*NaN or Inf in epoch 1, batch 2"):
+        run(ray_session, net.init(0, dtype=np.float64), Xn, y, "ray", upd=upd, utype="BSP", k=2,
+            batchsize=10, epochs=1)
+
+
+# -- faults --------------------------------------------------------------------------------
+class KillOnce:
+    """An upd that kills its own process (SIGKILL) at its ``at``-th call, once per run: the
+    first process to take the marker file dies; the restarted one goes on."""
+
+    def __init__(self, net, marker, at):
+        self.net, self.marker, self.at, self.calls = net, marker, at, 0
+
+    def __call__(self, p, xb, yb, hp, out=None):
+        self.calls += 1
+        if self.calls == self.at:
+            try:
+                os.rename(self.marker, self.marker + ".taken")
+            except FileNotFoundError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return self.net.gradients(p, xb, yb, hp, out=out)
+
+
+@pytest.mark.parametrize("utype", ["BSP", "ASP", "SSP", "HOGWILD"])
+def test_killed_worker_is_restarted(ray_session, blobs, tmp_path, utype):
+    X, y = blobs
+    net = small_net()
+    marker = tmp_path / "kill"
+    marker.write_text("")
+    params = net.init(0, dtype=np.float64)
+    kw = dict(utype=utype, k=2, batchsize=10, epochs=3, staleness=1 if utype == "SSP" else 0)
+    res = run(ray_session, params, X, y, "ray", upd=KillOnce(net, str(marker), 7), **kw)
+    assert (tmp_path / "kill.taken").exists(), "no worker was killed"
+    assert len(res.history) == 3 and all(np.isfinite(v).all() for v in res.model.values())
+    before = net.evaluate(params, X, y)["accuracy"]
+    assert net.evaluate(res.model, X, y)["accuracy"] > max(0.85, before)
+    if utype == "BSP":  # retried on the restarted actor with the same round's parameters
+        ref = run(ray_session, params, X, y, "ray", **kw)
+        assert_models_close(res.model, ref.model, rtol=1e-12, atol=1e-14)
+
+
+def _pids(title):
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().startswith(title.encode()):
+                        out.append(int(pid))
+            except OSError:
+                pass
+    return out
+
+
+def test_killed_server_shard_restores_from_checkpoint(ray_session, tmp_path):
+    """A shard's process is killed from outside mid-run; the run goes back to the newest
+    checkpoint, redoes the epoch and ends with a trained model and every epoch's record."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((3, 20)) * 2
+    y = rng.integers(0, 3, 6000)
+    X = centres[y] + rng.standard_normal((6000, 20))
+    net = MLP([20, 16, 3])
+    params = net.init(0, dtype=np.float64)
+    killed = []
+
+    def killer():
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            if list((tmp_path / "ck").glob("epoch-*.ckpt")):
+                for pid in _pids("ray::ShardActor"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.01)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    res = gpups.paramserv(params, X, y, upd=net.gradients, agg="momentum", utype="BSP", k=2, batchsize=8,
+                          epochs=4, backend="ray", device="cpu", progress=False, checkpoint=str(tmp_path / "ck"))
+    t.join()
+    assert killed, "the shard was not killed"
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
+    assert net.evaluate(res.model, X, y)["accuracy"] > 0.9
+
+
+# -- the embedded default, options ---------------------------------------------------------
+def test_embedded_ray_starts_and_stops_its_own_instance(tmp_path):
+    """No address, no Ray running: paramserv starts a local Ray and shuts it down after, leaving
+    no process of it behind (in a subprocess: the session's Ray is not touched)."""
+    code = textwrap.dedent("""
+        import os, numpy as np, ray, gpups
+        from gpups.models import SoftmaxRegression
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((200, 4)); y = (X[:, 0] > 0).astype(np.int64)
+        net = SoftmaxRegression(4, 2)
+        res = gpups.paramserv(net.init(0), X, y, upd=net.gradients, k=2, batchsize=20, epochs=2,
+                              backend="ray", progress=False, device="cpu")
+        assert not ray.is_initialized()
+        print("OK", res.device, os.getpid())
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("OK")][0]
+    assert "ray (1 node(s)" in line
+    time.sleep(1.0)
+    leftover = [pid for pid in _pids("ray::") + _pids("/") if _parent_is(pid, int(line.split()[-1]))]
+    assert not leftover
+
+
+def _parent_is(pid, parent):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1]) == parent
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"ray_address": "localhost"}, r"ray_address='localhost' is not allowed"),
+    ({"ray_address": 5}, r"ray_address=.* is not allowed"),
+    ({"backend": "local", "ray_address": "auto"}, r"ray_address='auto' is not allowed: expected None unless"),
+    ({"device": "cuda:1"}, r"device='cuda:1' is not allowed: .*backend='ray'"),
+])
+def test_bad_ray_options(blobs, kw, msg):
+    X, y = blobs
+    net = small_net()
+    base = dict(upd=net.gradients, progress=False, backend="ray")
+    base.update(kw)
+    with pytest.raises(ValueError, match=msg):
+        gpups.paramserv(net.init(0, dtype=np.float64), X, y, **base)
