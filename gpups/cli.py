@@ -37,7 +37,9 @@ def train_parser(sub: Any) -> None:
     p.add_argument("--servers", type=int, default=1, help="server shards")
     p.add_argument("--scheme", default="disjoint_contiguous")
     p.add_argument("--device", default="auto")
-    p.add_argument("--backend", default="local")
+    p.add_argument("--backend", default="local", help="'local' or 'ray' (workers and shards as Ray actors)")
+    p.add_argument("--ray-address", default=None,
+                   help="backend=ray: 'auto' or host:port of a running cluster (default: start a local one)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--checkpoint", default=None, help="folder for per-epoch checkpoints")
     p.add_argument("--resume", action="store_true")
@@ -69,7 +71,8 @@ def train(args: Any) -> dict[str, Any]:
         freq=args.freq, nbatches=args.nbatches, push=args.push, staleness=args.staleness,
         backup_workers=args.backup_workers, epochs=args.epochs, batchsize=args.batchsize, k=args.k,
         servers=args.servers, scheme=args.scheme, hyperparams=hp, val_features=Xv, val_labels=yv,
-        evaluate=net.evaluate, device=args.device, backend=args.backend, checkpoint=args.checkpoint,
+        evaluate=net.evaluate, device=args.device, backend=args.backend, ray_address=args.ray_address,
+        checkpoint=args.checkpoint,
         resume=args.resume, seed=args.seed, progress=not args.quiet, nonfinite=args.nonfinite)
     wall = time.perf_counter() - t0
     os.makedirs(args.out, exist_ok=True)

@@ -1,0 +1,127 @@
+"""The Ray backend against the local backend on this machine, for a 100 K and a 10 M parameter
+model: the push/pull round trip, samples/s of training, and where the round trip's time goes.
+
+Both backends run in the same process, alternating; Ray is started once (a local instance, as
+``backend="ray"`` would start it) and its start and stop are timed too.
+
+    python benchmarks/ray_bench.py [--json benchmarks/results/ray.json] [--quick]
+
+- round trip: BSP rounds of k=2 workers whose ``upd`` does no arithmetic, so a round is the
+  transport alone: each worker's push of n floats, the shard's update, the pull of n floats.
+- training: an MLP of that size (784-128-10: 102 K; 784-4096-1600-10: 9.8 M parameters),
+  float32, batch 64, k=2, BSP with momentum; samples/s of the epochs after the first.
+- parts of a round trip on Ray: an empty actor call, ``ray.put`` of n floats, a zero-copy get.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+SIZES = {"100K": [784, 128, 10], "10M": [784, 4096, 1600, 10]}
+
+
+def null_upd(params, x, y, hp, out=None):
+    """A gradient of zeros, written nowhere: the payload buffer is left as it is."""
+    return out
+
+
+def train(backend, layers, rounds, k=2, bs=64, epochs=3, upd=None):
+    import gpups
+    from gpups.models import MLP
+
+    net = MLP(layers)
+    n = k * bs * rounds
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, layers[0]), dtype=np.float32)
+    y = rng.integers(0, layers[-1], n)
+    res = gpups.paramserv(net.init(0), X, y, upd=upd or net.gradients, agg="momentum", utype="BSP", k=k,
+                          batchsize=bs, epochs=epochs, hyperparams={"lr": 0.01}, progress=False,
+                          device="cpu", backend=backend)
+    secs = statistics.median(h["seconds"] for h in res.history[1:])
+    return {"round_trip_ms": 1e3 * secs / rounds, "samples_per_s": n / secs, "params": net.size}
+
+
+def parts(ray, n):
+    @ray.remote(num_cpus=0)
+    class Echo:
+        def call(self, x=None):
+            return 0
+
+    a = Echo.remote()
+    ray.get(a.call.remote())
+    arr = np.ones(n, np.float32)
+
+    def timed(fn, reps):
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return 1e3 * (time.perf_counter() - t) / reps
+
+    ref = ray.put(arr)
+    out = {"empty_call_ms": timed(lambda: ray.get(a.call.remote()), 200),
+           "put_ms": timed(lambda: ray.put(arr), 20 if n > 10**6 else 200),
+           "get_zero_copy_ms": timed(lambda: ray.get(ref), 200),
+           "call_with_array_ms": timed(lambda: ray.get(a.call.remote(ref)), 100),
+           "numpy_copy_ms": timed(lambda: arr.copy(), 20 if n > 10**6 else 200)}
+    ray.kill(a)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "ray.json"))
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    args = ap.parse_args(argv)
+    import ray
+
+    t = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="warning")
+    R = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+                    f"ray {ray.__version__}", "ray_start_s": time.perf_counter() - t}
+    for name, layers in SIZES.items():
+        big = name == "10M"
+        rt_rounds = (20 if big else 200) // (4 if args.quick else 1)
+        tr_rounds = (8 if big else 100) // (4 if args.quick else 1)
+        row = {}
+        for backend in ("local", "ray", "local", "ray"):  # alternate: same machine state for both
+            rt = train(backend, layers, rt_rounds, upd=null_upd)
+            tr = train(backend, layers, tr_rounds)
+            row.setdefault(backend, []).append((rt["round_trip_ms"], tr["samples_per_s"]))
+            row["params"] = rt["params"]
+        R[name] = {"params": row["params"]}
+        for backend in ("local", "ray"):
+            R[name][f"{backend}_round_trip_ms"] = min(r for r, _ in row[backend])
+            R[name][f"{backend}_samples_per_s"] = max(s for _, s in row[backend])
+        R[name]["ray_parts"] = parts(ray, row["params"])
+        print(name, json.dumps(R[name]), flush=True)
+    t = time.perf_counter()
+    ray.shutdown()
+    R["ray_stop_s"] = time.perf_counter() - t
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(R, f, indent=2)
+    print(f"\n{R['machine']}; Ray start {R['ray_start_s']:.1f} s, stop {R['ray_stop_s']:.1f} s")
+    print(f"{'model':>6} {'params':>10} | {'round trip local':>16} {'ray':>9} | {'samples/s local':>15} "
+          f"{'ray':>9} {'ray/local':>9}")
+    for name in SIZES:
+        r = R[name]
+        print(f"{name:>6} {r['params']:>10,} | {r['local_round_trip_ms']:>13.3f} ms {r['ray_round_trip_ms']:>6.2f} ms | "
+              f"{r['local_samples_per_s']:>15,.0f} {r['ray_samples_per_s']:>9,.0f} "
+              f"{r['ray_samples_per_s'] / r['local_samples_per_s']:>9.2f}")
+    for name in SIZES:
+        p = R[name]["ray_parts"]
+        print(f"{name:>6} Ray parts: empty call {p['empty_call_ms']:.2f} ms, put {p['put_ms']:.2f} ms, "
+              f"zero-copy get {p['get_zero_copy_ms']:.3f} ms, call with the array {p['call_with_array_ms']:.2f} ms, "
+              f"numpy copy {p['numpy_copy_ms']:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
