@@ -88,6 +88,15 @@ def torch_loops():
     R.update(_torch_loops(resolve("cuda"), "mlp:784-512-512-10", 256))
 
 
+def bench_preset(timeout=180):
+    """``gpups bench --gpu`` (the bench's GPU preset and its GPU baselines) as a user runs it."""
+    out = os.path.join(OUT, "bench_gpu")
+    cmd = [sys.executable, "-m", "gpups.cli", "bench", "--gpu", "--out", out]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    R["bench_gpu_rc"] = proc.returncode
+    R["bench_gpu_tail"] = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-14:])
+
+
 def profile(utype):
     """Where the host time goes (cProfile of a short run): top functions by own time."""
     import cProfile
@@ -126,6 +135,8 @@ def main():
     for utype, k in [("BSP", 1), ("BSP", 8), ("ASP", 8), ("HOGWILD", 8), ("BSP", 16)]:
         steps.append((f"gpups {utype} k={k}", lambda u=utype, kk=k: gpups_mlp(u, kk)))
     steps.append(("torch", torch_loops))
+    if not args.quick:
+        steps.append(("gpups bench --gpu", bench_preset))
     if args.profile:
         steps += [("profile ASP", lambda: profile("ASP")), ("profile BSP", lambda: profile("BSP"))]
     for name, fn in steps:
@@ -149,6 +160,8 @@ def main():
         log(f"{key:34} {R[key] / 1e6:10.3f} M{ratio}")
     for key in sorted(k for k in R if k.endswith("_graphs")):
         log(f"{key:34} {R[key]:10d}")
+    if "bench_gpu_rc" in R:
+        log(f"--- gpups bench --gpu (rc {R['bench_gpu_rc']})\n{R['bench_gpu_tail']}")
     for key in sorted(k for k in R if k.startswith("profile_")):
         log(f"--- {key}\n{R[key]}")
 

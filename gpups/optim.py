@@ -65,13 +65,14 @@ class Builtin:
         return hp["lr"], b1, b2, hp["eps"], 1.0 / (1.0 - b1 ** step), 1.0 / (1.0 - b2 ** step)
 
     def apply(self, kernels: Any, serial: bool, G: Any, rows: Any, bad: Any, scale: float, w: Any,
-              state: dict[str, Any], step: int) -> None:
+              state: dict[str, Any], step: int, **pull: Any) -> None:
         """``w -= update(scale * sum of G[rows])`` over the rows not flagged in ``bad``; ``step``
-        counts updates of this state, from 1."""
+        counts updates of this state, from 1. ``pull=dst``: kernels with ``FUSED_PULL`` (CUDA)
+        write the new parameters to dst in the same pass."""
         serial = serial or w.shape[0] < getattr(kernels, "PARALLEL_MIN", 0)
         fn = kernels.UPDATES[self.name][1 if serial else 0]
         dt = w.dtype.type
-        fn(G, rows, bad, dt(scale), w, *state.values(), *self._typed(dt, step))
+        fn(G, rows, bad, dt(scale), w, *state.values(), *self._typed(dt, step), **pull)
 
     def _typed(self, dt: Any, step: int) -> tuple:
         """The kernel's scalars in the parameters' dtype (cached unless they depend on step)."""

@@ -86,8 +86,11 @@ class ParamServer:
         return events
 
     def _update_pull(self, sh: Shard, rows: Any, scale: float, step: int, dst: Any) -> None:
-        self._kernels(sh, rows, scale, False, step)
-        self.device.kernels.copy(dst, sh.w)
+        if getattr(self.device.kernels, "FUSED_PULL", False) and not isinstance(self.rule, UserRule):
+            self._kernels(sh, rows, scale, False, step, pull=dst)  # one pass: update and copy
+        else:
+            self._kernels(sh, rows, scale, False, step)
+            self.device.kernels.copy(dst, sh.w)
 
     def pull(self, dst: Any) -> list[Any]:
         """Copy the parameters into ``dst`` on the shards' streams; returns their events.
@@ -118,24 +121,26 @@ class ParamServer:
             sh.step += 1
         self.version += 1
 
-    def _kernels(self, sh: Shard, rows: Any, scale: float, serial: bool, step: int) -> None:
+    def _kernels(self, sh: Shard, rows: Any, scale: float, serial: bool, step: int, **pull: Any) -> None:
         if self.device.kind == "cpu":
             t0 = time.perf_counter()
-            self._run_kernels(sh, rows, scale, serial, step)
+            self._run_kernels(sh, rows, scale, serial, step, **pull)
             self.update_seconds += time.perf_counter() - t0
         else:  # asynchronous: a host clock would measure the launch only
-            self._run_kernels(sh, rows, scale, serial, step)
+            self._run_kernels(sh, rows, scale, serial, step, **pull)
 
-    def _run_kernels(self, sh: Shard, rows: Any, scale: float, serial: bool, step: int) -> None:
+    def _run_kernels(self, sh: Shard, rows: Any, scale: float, serial: bool, step: int, **pull: Any) -> None:
+        """The shard's update; ``pull=dst`` (kernels with FUSED_PULL) writes the result to dst too."""
         G, w = sh.G, sh.w
         kernels = self.device.kernels
         bad = self.bad[0]
         if self.push == "model":  # payloads are model deltas: w += scale * sum(deltas)
-            kernels.UPDATES["sgd"][1 if serial else 0](G, rows, bad, w.dtype.type(scale), w, w.dtype.type(-1.0))
+            kernels.UPDATES["sgd"][1 if serial else 0](G, rows, bad, w.dtype.type(scale), w, w.dtype.type(-1.0),
+                                                       **pull)
         elif isinstance(self.rule, UserRule):
             self.rule.apply(kernels, serial, G, rows, bad, scale, w, sh.state, step, lo=sh.lo)
         else:
-            self.rule.apply(kernels, serial, G, rows, bad, scale, w, sh.state, step)
+            self.rule.apply(kernels, serial, G, rows, bad, scale, w, sh.state, step, **pull)
 
     def synchronize(self) -> None:
         for sh in self.shards:

@@ -11,6 +11,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 THREADS = 256
+NULL = np.uint64(0)  # a null device pointer argument
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,26 +48,28 @@ _SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "adam": 2}
 def _update(name: str) -> Any:
     nslots = _SLOTS[name]
 
-    def launch(G: Any, rows: Any, bad: Any, scale: float, w: Any, *rest: Any) -> None:
+    def launch(G: Any, rows: Any, bad: Any, scale: float, w: Any, *rest: Any, pull: Any = None) -> None:
         T = w.dtype.type
         state, hyper = rest[:nslots], rest[nslots:]
         n = w.shape[0]
         f = function("optim", name, w.dtype)
         f((blocks(n),), (THREADS,), (G, np.int64(G.strides[0] // G.itemsize), rows, np.int32(rows.shape[0]),
-                                     bad, T(scale), w, *state, np.int64(n), *(T(h) for h in hyper)))
+                                     bad, T(scale), NULL if pull is None else pull, w, *state, np.int64(n),
+                                     *(T(h) for h in hyper)))
 
     launch.__name__ = name
     return launch
 
 
 UPDATES = {name: (_update(name),) * 2 for name in _SLOTS}
+FUSED_PULL = True  # the update kernels can write the new parameters to a puller's replica too
 
 
 def aggregate(G: Any, rows: Any, bad: Any, scale: float, out: Any) -> None:
     n = out.shape[0]
     function("optim", "aggregate", out.dtype)(
         (blocks(n),), (THREADS,), (G, np.int64(G.strides[0] // G.itemsize), rows, np.int32(rows.shape[0]),
-                                   bad, out.dtype.type(scale), out, np.int64(n)))
+                                   bad, out.dtype.type(scale), NULL, out, np.int64(n)))
 
 
 aggregate_serial = aggregate

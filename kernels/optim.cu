@@ -3,7 +3,9 @@
 // Every update kernel: G (rows of the k push buffers, row stride ldg), rows[nrows] the buffers
 // to aggregate, bad[k] non-zero for a worker whose push held NaN/Inf (skipped; the mean is over
 // the others), scale applied to the sum, then parameters w[n] and state, read once and written
-// once. Grid-stride loops; the good rows are compacted into shared memory by thread 0.
+// once. Grid-stride loops; the good rows are compacted into shared memory by thread 0. With
+// pull != nullptr the new parameters are also written there (ASP's update and the pushing
+// worker's pull in one pass: w is not read a second time).
 #define MAXK 1024
 
 template <typename T>
@@ -24,19 +26,25 @@ struct Good {
   }                                                                           \
   __syncthreads();                                                            \
   const int good = sg.count;                                                  \
-  if (good == 0) return;                                                      \
-  const T sc = scale * (T)nrows / (T)good;                                    \
   const long long stride = (long long)gridDim.x * blockDim.x;                 \
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; \
-       i += stride) {                                                         \
+  const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;   \
+  if (good == 0) {                                                            \
+    if (pull != nullptr)                                                      \
+      for (long long i = first; i < n; i += stride) pull[i] = w[i];           \
+    return;                                                                   \
+  }                                                                           \
+  const T sc = scale * (T)nrows / (T)good;                                    \
+  for (long long i = first; i < n; i += stride) {                             \
     T g = 0;                                                                  \
     for (int t = 0; t < good; ++t) g += G[sg.row[t] * ldg + i];               \
     g *= sc;
 
-#define EPILOGUE }
+#define EPILOGUE                   \
+  if (pull != nullptr) pull[i] = w[i]; \
+  }
 
 #define ARGS(T) const T* __restrict__ G, long long ldg, const long long* __restrict__ rows, \
-             int nrows, const long long* __restrict__ bad, T scale
+             int nrows, const long long* __restrict__ bad, T scale, T* __restrict__ pull
 
 template <typename T>
 __device__ void sgd(ARGS(T), T* __restrict__ w, long long n, T lr) {
@@ -85,7 +93,8 @@ __device__ void adam(ARGS(T), T* __restrict__ w, T* __restrict__ m, T* __restric
 }
 
 template <typename T>
-__device__ void aggregate(ARGS(T), T* __restrict__ out, long long n) {
+__device__ void aggregate(ARGS(T), T* __restrict__ out, long long n) {  // (pull unused: nullptr)
+  T* w = out;
   __shared__ int none;
   if (threadIdx.x == 0) {
     int g = 0;
@@ -122,18 +131,18 @@ __device__ void flag_nonfinite(const T* __restrict__ x, long long n, unsigned lo
 }
 
 #define INSTANTIATE(T, S)                                                                           \
-  extern "C" __global__ void sgd_##S(ARGS(T), T* w, long long n, T lr) { sgd<T>(G, ldg, rows, nrows, bad, scale, w, n, lr); } \
+  extern "C" __global__ void sgd_##S(ARGS(T), T* w, long long n, T lr) { sgd<T>(G, ldg, rows, nrows, bad, scale, pull, w, n, lr); } \
   extern "C" __global__ void momentum_##S(ARGS(T), T* w, T* v, long long n, T lr, T mu) {             \
-    momentum<T>(G, ldg, rows, nrows, bad, scale, w, v, n, lr, mu); }                                \
+    momentum<T>(G, ldg, rows, nrows, bad, scale, pull, w, v, n, lr, mu); }                                \
   extern "C" __global__ void nesterov_##S(ARGS(T), T* w, T* v, long long n, T lr, T mu) {             \
-    nesterov<T>(G, ldg, rows, nrows, bad, scale, w, v, n, lr, mu); }                                \
+    nesterov<T>(G, ldg, rows, nrows, bad, scale, pull, w, v, n, lr, mu); }                                \
   extern "C" __global__ void adagrad_##S(ARGS(T), T* w, T* h, long long n, T lr, T eps) {             \
-    adagrad<T>(G, ldg, rows, nrows, bad, scale, w, h, n, lr, eps); }                                \
+    adagrad<T>(G, ldg, rows, nrows, bad, scale, pull, w, h, n, lr, eps); }                                \
   extern "C" __global__ void adam_##S(ARGS(T), T* w, T* m, T* v, long long n, T lr, T b1, T b2, T eps, \
                                       T bc1, T bc2) {                                              \
-    adam<T>(G, ldg, rows, nrows, bad, scale, w, m, v, n, lr, b1, b2, eps, bc1, bc2); }              \
+    adam<T>(G, ldg, rows, nrows, bad, scale, pull, w, m, v, n, lr, b1, b2, eps, bc1, bc2); }              \
   extern "C" __global__ void aggregate_##S(ARGS(T), T* out, long long n) {                            \
-    aggregate<T>(G, ldg, rows, nrows, bad, scale, out, n); }                                        \
+    aggregate<T>(G, ldg, rows, nrows, bad, scale, pull, out, n); }                                        \
   extern "C" __global__ void flag_nonfinite_##S(const T* x, long long n, unsigned long long* bad,   \
                                                 int k, int j, const long long* stamp) {            \
     flag_nonfinite<T>(x, n, bad, k, j, stamp); }

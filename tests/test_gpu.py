@@ -209,3 +209,41 @@ def test_too_many_workers_for_the_gpu_kernels_is_named():
     with pytest.raises(ValueError, match=r"k=1025.*at most 1024 workers on a GPU"):
         gpups.paramserv(net.init(0), d.X, d.y, upd=net.gradients, k=1025, batchsize=1, progress=False,
                         device="cuda")
+
+
+@pytest.mark.parametrize("servers", [1, 2])
+def test_ray_actors_on_a_gpu_equal_cpu_actors(servers):
+    """The Ray backend's actor classes, driven by hand through BSP rounds (no Ray needed): a
+    WorkerActor on the GPU (CuPy replica, graphs, payload back to host memory) gives the same
+    model as one on the CPU, and as the local backend."""
+    from gpups.flat import Layout
+    from gpups.ray_backend.actors import ShardActor, WorkerActor
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((256, 12))
+    y = rng.integers(0, 3, 256)
+    net = MLP([12, 16, 3])
+    params = net.init(0, dtype=np.float64)
+    layout = Layout.of(params)
+    init = layout.flatten(params, np.empty(layout.size))
+    cuts = layout.shards(servers)
+    hp = {"lr": 0.05, "momentum": 0.9}
+    k, bs = 2, 16
+    models = []
+    for gpu in (False, True):
+        shards = [ShardActor(s, layout.sub(lo, hi), init[lo:hi], "momentum", hp, k, "gradients")
+                  for s, (lo, hi) in enumerate(cuts)]
+        workers = [WorkerActor(j, X[j * 128:(j + 1) * 128], y[j * 128:(j + 1) * 128], layout, net.gradients,
+                               "momentum", hp, bs, "gradients", k, cuts, 1, gpu) for j in range(k)]
+        parts = [init[lo:hi] for lo, hi in cuts]
+        for epoch in range(2):
+            for r in range(128 // bs):
+                outs = [wk.run(r, 1, epoch, *parts) for wk in workers]
+                parts = [sh.apply(list(range(k)), 1.0 / k, *[o[0] for o in outs], *[o[1 + s] for o in outs]).copy()
+                         for s, sh in enumerate(shards)]
+        models.append(np.concatenate(parts))
+    np.testing.assert_allclose(models[1], models[0], rtol=1e-9, atol=1e-12)
+    local = gpups.paramserv(params, X, y, upd=net.gradients, agg="momentum", hyperparams=hp, k=k, batchsize=bs,
+                            epochs=2, servers=servers, progress=False, device="cpu")
+    np.testing.assert_allclose(models[0], layout.flatten(local.model, np.empty(layout.size)), rtol=1e-12,
+                               atol=1e-14)

@@ -126,3 +126,28 @@ def test_numpy_fallback_kernels_equal_numba(name):
         outs.append([w, *state])
     for a, b in zip(*outs):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(HP))
+@pytest.mark.parametrize("flagged", [False, True])
+def test_cuda_fused_pull_equals_update_then_copy(name, flagged):
+    """ASP's update writes the new parameters into the pusher's replica in the same pass: the
+    same parameters and state as the update alone, and the replica equal to them (all rows
+    flagged: nothing changes and the replica still gets the parameters)."""
+    kernels, xp = cuda_backend()
+    n = 70001
+    G = xp.asarray(RNG.standard_normal((3, n)))
+    rows, bad = xp.asarray([1]), xp.asarray([0, int(flagged), 0])
+    w0 = xp.asarray(RNG.standard_normal(n))
+    state0 = [xp.asarray(np.abs(RNG.standard_normal(n))) for _ in SLOTS[name]]
+    hp = HP[name] if name != "adam" else HP[name] + (1.5, 1.1)
+    fn = kernels.UPDATES[name][0]
+    w1, s1 = w0.copy(), [s.copy() for s in state0]
+    fn(G, rows, bad, 1.0, w1, *s1, *hp)
+    w2, s2 = w0.copy(), [s.copy() for s in state0]
+    pulled = xp.full(n, xp.nan)
+    fn(G, rows, bad, 1.0, w2, *s2, *hp, pull=pulled)
+    assert bool((w2 == w1).all()) and all(bool((a == b).all()) for a, b in zip(s1, s2))
+    assert bool((pulled == w2).all())
+    assert bool((w1 == w0).all()) == flagged
