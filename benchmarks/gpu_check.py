@@ -115,12 +115,29 @@ def profile(utype):
     R[f"profile_{utype}"] = "\n".join(line[:150] for line in text.splitlines()[6:26])
 
 
+def ab(reps=3):
+    """Same-run A/B of ASP k=8 with the update+pull fused into one kernel or not."""
+    from gpups.kernels import cuda
+
+    for r in range(reps):
+        for fused in (True, False):
+            cuda.FUSED_PULL = fused
+            gpups_mlp("ASP", 8)
+            R.setdefault(f"ab_asp_fused_{fused}", []).append(R.pop("gpups_ASP_k8_samples_per_s"))
+        gpups_mlp("BSP", 8)
+        R.setdefault("ab_bsp", []).append(R.pop("gpups_BSP_k8_samples_per_s"))
+    cuda.FUSED_PULL = True
+    for key in [k for k in R if k.startswith("ab_")]:
+        log(f"{key:24} " + "  ".join(f"{v / 1e6:.3f}" for v in R[key]) + " M samples/s")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--test-timeout", type=int, default=240)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--profile", action="store_true", help="cProfile the host side of ASP and BSP")
+    ap.add_argument("--ab", action="store_true", help="only the A/B of ASP's fused update+pull")
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     import cupy as cp
@@ -128,6 +145,8 @@ def main():
     R["gpu"] = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     R["cupy"], R["numpy"] = cp.__version__, np.__version__
     log("device", R["gpu"], "cupy", R["cupy"], "numpy", R["numpy"])
+    if args.ab:
+        return ab()
     if not args.skip_tests:
         run_tests(args.test_timeout)
         log("tests:", R["tests_summary"], f"({R['tests_seconds']} s)")

@@ -117,7 +117,8 @@ class CUDADevice:
             return cp.ascontiguousarray(cp.asarray(array))
 
     def rows(self, idx: Sequence[int]) -> Any:
-        key = tuple(int(i) for i in idx)
+        """Worker indices on the device, cached per set (called per push: kept cheap)."""
+        key = idx if type(idx) is tuple else tuple(idx)
         arr = self._rows.get(key)
         if arr is None:
             with cp.cuda.Device(self.id):

@@ -76,7 +76,7 @@ class Run:
         the new model is copied into j's replica in the same go (events returned)."""
         w = self.workers[j]
         w.staleness.append(self.server.version - w.pulled)
-        return self.server.apply([j], 1.0 / self.opts.k, pull_into=w.replica if pull else None)
+        return self.server.apply((j,), 1.0 / self.opts.k, pull_into=w.replica if pull else None)
 
     def hogwild_interval(self, w: Worker, nsteps: int, epoch: int) -> None:
         """On worker w's stream: unlocked pull, interval, unlocked push of its own update (the

@@ -65,17 +65,19 @@ class ParamServer:
         """Aggregate ``G[rows] * scale`` into every shard once the ``after`` events are reached;
         with ``pull_into``, copy the new parameters there too (one graph per shard on a GPU)
         and return the events a worker waits on before using them."""
+        rows = tuple(int(j) for j in rows) if type(rows) is not tuple else rows
         rows_dev = self.device.rows(rows)
         events = []
         for sh in self.shards:
             for ev in after:
                 sh.stream.wait_event(ev)
             sh.step += 1
-            work = (self._kernels, sh, rows_dev, scale, False, sh.step)
-            if pull_into is not None:
+            if pull_into is None:
+                work = (self._kernels, sh, rows_dev, scale, False, sh.step)
+            else:
                 work = (self._update_pull, sh, rows_dev, scale, sh.step, self._part(pull_into, sh))
             if self.replayable:
-                key = ("update", sh.index, tuple(rows), scale, None if pull_into is None else id(pull_into))
+                key = ("update", sh.index, rows, scale, None if pull_into is None else id(pull_into))
                 self.graphs.launch(sh.stream, key, *work)
             else:
                 sh.stream.launch(*work)
