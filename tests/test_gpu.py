@@ -231,9 +231,9 @@ def test_ray_actors_on_a_gpu_equal_cpu_actors(servers):
     k, bs = 2, 16
     models = []
     for gpu in (False, True):
-        shards = [ShardActor(s, layout.sub(lo, hi), init[lo:hi], "momentum", hp, k, "gradients")
+        shards = [ShardActor(s, layout.sub(lo, hi), [init[lo:hi]], "momentum", hp, k, "gradients")
                   for s, (lo, hi) in enumerate(cuts)]
-        workers = [WorkerActor(j, X[j * 128:(j + 1) * 128], y[j * 128:(j + 1) * 128], layout, net.gradients,
+        workers = [WorkerActor(j, [X[j * 128:(j + 1) * 128], y[j * 128:(j + 1) * 128]], layout, net.gradients,
                                "momentum", hp, bs, "gradients", k, cuts, 1, gpu) for j in range(k)]
         parts = [init[lo:hi] for lo, hi in cuts]
         for epoch in range(2):

@@ -258,3 +258,41 @@ def test_bad_ray_options(blobs, kw, msg):
     base.update(kw)
     with pytest.raises(ValueError, match=msg):
         gpups.paramserv(net.init(0, dtype=np.float64), X, y, **base)
+
+
+def test_share_fits_actors_on_whole_nodes():
+    from gpups.ray_backend.cluster import share
+
+    assert share([2.0], 2) == 1.0
+    assert share([2.0], 3) == 0.6666
+    assert share([2.0], 1) == 2.0
+    assert share([8.0, 8.0], 1) == 8.0          # never more than one node has
+    assert share([2.0, 2.0], 3) == 1.0          # 2 on one node, 1 on the other
+    assert share([4.0, 1.0], 3) == 1.3333       # 3 on the big node beats 2 + 1
+    assert share([0.0], 2) == 0.0               # no GPUs: nothing to ask for
+    for caps, k in (([2.0, 2.0], 3), ([3.0, 1.0, 1.0], 4), ([1.5], 7)):
+        x = share(caps, k)
+        assert sum(int(c // x) for c in caps) >= k
+
+
+def test_small_shm_warns(monkeypatch):
+    import shutil
+
+    from gpups.ray_backend import cluster
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(64 << 20, 0, 64 << 20))
+    with pytest.warns(RuntimeWarning, match=r"/dev/shm holds 0.1 GiB.*--shm-size"):
+        cluster.warn_small_shm()
+
+
+def test_cli_trains_on_ray(ray_session, tmp_path):
+    from gpups.cli import main
+
+    rc = main(["train", "--model", "mlp", "--hidden", "16", "--data", "synthetic:1200:10", "--epochs", "2",
+               "--k", "2", "--utype", "ASP", "--backend", "ray", "--device", "cpu", "--out", str(tmp_path),
+               "--quiet"])
+    assert rc == 0
+    import json
+
+    summary = json.loads((tmp_path / "history.json").read_text())
+    assert summary["device"].startswith("ray") and len(summary["history"]) == 2

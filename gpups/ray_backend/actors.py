@@ -23,9 +23,10 @@ from ..worker import Worker
 class ShardActor:
     """Server shard ``index``: the parameters [lo, hi) and their optimizer state."""
 
-    def __init__(self, index: int, layout: Layout, w0: np.ndarray, agg: Any, hp: dict, k: int, push: str):
+    def __init__(self, index: int, layout: Layout, w0: list, agg: Any, hp: dict, k: int, push: str):
         self.index = index
-        self.server = ParamServer(CPUDevice(), layout, np.array(w0, copy=True), make_rule(agg, hp), k, 1, push)
+        w = fetch(w0)[0]
+        self.server = ParamServer(CPUDevice(), layout, np.array(w, copy=True), make_rule(agg, hp), k, 1, push)
 
     def ready(self) -> int:
         return os.getpid()
@@ -79,10 +80,11 @@ class WorkerActor:
     """Worker j with its partition, shipped once. Each call runs one push interval from the
     batch the driver names, so a restarted actor goes on where the run is."""
 
-    def __init__(self, j: int, X: np.ndarray, y: np.ndarray, layout: Layout, upd: Callable, agg: Any,
+    def __init__(self, j: int, data: list, layout: Layout, upd: Callable, agg: Any,
                  hp: dict, batchsize: int, push: str, k: int, cuts: list[tuple[int, int]], threads: int,
                  gpu: bool, shards: Sequence[Any] = ()):
         limit_threads(threads)
+        X, y = fetch(data)
         if gpu:
             from ..gpu import CUDADevice
 
@@ -159,6 +161,16 @@ class WorkerActor:
                 w.local_state[slot] = val
             else:
                 w.local_state[slot][...] = self.device.place(val)
+
+
+def fetch(items: list) -> list:
+    """Arrays passed to an actor's constructor inside a list: ObjectRefs there (the driver keeps
+    them alive, so a restarted actor finds them again) or the arrays themselves."""
+    if any(type(x).__name__ == "ObjectRef" for x in items):
+        import ray
+
+        return [ray.get(x) if type(x).__name__ == "ObjectRef" else x for x in items]
+    return list(items)
 
 
 def limit_threads(n: int) -> None:

@@ -199,7 +199,10 @@ class RayRun(Run):
         hogwild = opts.utype == "hogwild"
         shard_cls = ray.remote(ShardActor).options(
             num_cpus=0, max_restarts=RESTARTS, max_task_retries=0, max_concurrency=k if hogwild else 1)
-        shards = [shard_cls.remote(s, layout.sub(lo, hi), init_flat[lo:hi], opts.agg, hp, k, opts.push)
+        # arrays go to the constructors as refs inside a list: the driver keeps them alive for
+        # restarts, and Ray does not pin (and warn about) object-store constructor arguments
+        self.data_refs: list[Any] = [ray.put(np.ascontiguousarray(init_flat[lo:hi])) for lo, hi in cuts]
+        shards = [shard_cls.remote(s, layout.sub(lo, hi), [self.data_refs[s]], opts.agg, hp, k, opts.push)
                   for s, (lo, hi) in enumerate(cuts)]
         self.actors += shards
         cpus = share(self.cluster.node_resources("CPU"), k)
@@ -216,10 +219,11 @@ class RayRun(Run):
         worker_cls = ray.remote(WorkerActor).options(
             num_cpus=cpus, num_gpus=min(gpus, 1.0), max_restarts=RESTARTS, max_task_retries=retries)
         ys = np.asarray(labels)
-        self.data_refs = [(ray.put(np.ascontiguousarray(features[rows])), ray.put(ys[rows])) for rows in parts]
-        actors = [worker_cls.remote(j, X, y, layout, upd, opts.agg, hp, opts.batchsize, opts.push, k, cuts,
+        data = [[ray.put(np.ascontiguousarray(features[rows])), ray.put(ys[rows])] for rows in parts]
+        self.data_refs += [r for pair in data for r in pair]
+        actors = [worker_cls.remote(j, data[j], layout, upd, opts.agg, hp, opts.batchsize, opts.push, k, cuts,
                                     max(1, int(cpus)), gpus > 0, shards if hogwild else ())
-                  for j, (X, y) in enumerate(self.data_refs)]
+                  for j in range(k)]
         self.actors += actors
         try:
             ray.get([a.ready.remote() for a in self.actors], timeout=READY_TIMEOUT)
@@ -228,7 +232,7 @@ class RayRun(Run):
                                f"{READY_TIMEOUT:.0f} s (cluster resources: {ray.available_resources()})") from None
         self.server = RemoteServer(ray, shards, cuts, k, layout.dtype)
         self.server.names.update({a._actor_id.hex(): f"worker {j}" for j, a in enumerate(actors)})
-        self.server.current = [ray.put(np.ascontiguousarray(init_flat[lo:hi])) for lo, hi in cuts]
+        self.server.current = self.data_refs[:len(cuts)]
         self.workers = [RemoteWorker(j, a, len(rows), opts.batchsize) for j, (a, rows) in enumerate(zip(actors, parts))]
         self.policy = make_policy(opts.utype, opts.staleness, opts.backup_workers)
         self.clock_log: list[tuple[int, int, int]] = []
