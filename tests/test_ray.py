@@ -296,3 +296,18 @@ def test_cli_trains_on_ray(ray_session, tmp_path):
 
     summary = json.loads((tmp_path / "history.json").read_text())
     assert summary["device"].startswith("ray") and len(summary["history"]) == 2
+
+
+def test_checkpoint_resumes_across_backends(ray_session, blobs, tmp_path):
+    """Checkpoints have one format: a run checkpointed locally continues on Ray (and back),
+    ending where an unbroken local run ends."""
+    X, y = blobs
+    params = small_net().init(5, dtype=np.float64)
+    kw = dict(utype="BSP", k=2, batchsize=12, agg="adam", hyperparams={"lr": 0.01}, servers=2)
+    whole = run(ray_session, params, X, y, "local", epochs=3, **kw)
+    ck = str(tmp_path / "ck")
+    run(ray_session, params, X, y, "local", epochs=1, checkpoint=ck, **kw)
+    run(ray_session, params, X, y, "ray", epochs=2, checkpoint=ck, resume=True, **kw)
+    last = run(ray_session, params, X, y, "local", epochs=3, checkpoint=ck, resume=True, **kw)
+    assert_models_close(last.model, whole.model, rtol=1e-12, atol=1e-14)
+    assert [h["epoch"] for h in last.history] == [1, 2, 3]
