@@ -311,3 +311,65 @@ def test_checkpoint_resumes_across_backends(ray_session, blobs, tmp_path):
     last = run(ray_session, params, X, y, "local", epochs=3, checkpoint=ck, resume=True, **kw)
     assert_models_close(last.model, whole.model, rtol=1e-12, atol=1e-14)
     assert [h["epoch"] for h in last.history] == [1, 2, 3]
+
+
+def test_joins_a_running_cluster_and_leaves_it_running():
+    """`ray start --head` (its own temp dir and port), then paramserv(ray_address=...) in another
+    process: it trains there, disconnects, and the cluster is still up. Only that cluster's
+    processes are stopped after (never `ray stop`, which would stop every Ray of the user)."""
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="gr", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    env = dict(os.environ, RAY_AUTH_MODE="token")
+    try:
+        subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                        "--disable-usage-stats", f"--temp-dir={temp}"], check=True, capture_output=True, timeout=120,
+                       env=env)
+        code = textwrap.dedent(f"""
+            import numpy as np, ray, gpups
+            from gpups.models import SoftmaxRegression
+            rng = np.random.default_rng(0)
+            X = rng.standard_normal((200, 4)); y = (X[:, 0] > 0).astype(np.int64)
+            net = SoftmaxRegression(4, 2)
+            res = gpups.paramserv(net.init(0), X, y, upd=net.gradients, k=2, batchsize=20, epochs=3, backend="ray",
+                                  hyperparams={{"lr": 0.5}}, ray_address="127.0.0.1:{port}", progress=False,
+                                  device="cpu")
+            assert not ray.is_initialized()  # disconnected again
+            print("OK", res.device, net.evaluate(res.model, X, y)["accuracy"])
+        """)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert float(proc.stdout.split()[-1]) > 0.9
+        assert _pids_of_cluster(temp), "the joined cluster should still be running"
+    finally:
+        for pid in _pids_of_cluster(temp):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    time.sleep(0.5)
+    assert not _pids_of_cluster(temp)
+
+
+def _pids_of_cluster(temp):
+    """Processes whose command line names ``temp`` (Ray's daemons), and their descendants."""
+    found = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if temp.encode() in f.read():
+                        found.add(int(pid))
+            except OSError:
+                pass
+    grew = True
+    while grew:
+        kids = {int(p) for p in os.listdir("/proc") if p.isdigit() and any(_parent_is(int(p), q) for q in found)}
+        grew = bool(kids - found)
+        found |= kids
+    return sorted(found)

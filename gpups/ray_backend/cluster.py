@@ -24,25 +24,31 @@ def import_ray() -> Any:
 
 
 class Cluster:
-    """A Ray connection for one run; :meth:`close` shuts down only what it started."""
+    """A Ray connection for one run. :meth:`close` undoes only what :meth:`__init__` did: it
+    stops the instance it started, or disconnects from the cluster it joined (which goes on
+    running); a Ray the caller had initialised is left alone."""
 
     def __init__(self, address: str | None):
         self.ray = ray = import_ray()
-        self.owned = False
+        self.connected = False
         if ray.is_initialized():
+            if address is not None:
+                warnings.warn(f"gpups: ray_address={address!r} ignored: this process is already connected "
+                              "to Ray, and that connection is used", RuntimeWarning, stacklevel=3)
             return
         if address is None:
             warn_small_shm()
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _node_ip_address="127.0.0.1",
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                     _node_ip_address="127.0.0.1",
                      logging_level="warning", log_to_driver=True)
-            self.owned = True
         else:
             ray.init(address=address, logging_level="warning")
+        self.connected = True
 
     def close(self) -> None:
-        if self.owned and self.ray.is_initialized():
-            self.ray.shutdown()
-        self.owned = False
+        if self.connected and self.ray.is_initialized():
+            self.ray.shutdown()  # a joined cluster: this process disconnects, the cluster stays
+        self.connected = False
 
     def node_resources(self, name: str) -> list[float]:
         """``name`` (CPU, GPU) on each live node."""
