@@ -82,7 +82,8 @@ def main(argv=None):
     import ray
 
     t = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="warning")
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level="warning")
     R = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                     f"ray {ray.__version__}", "ray_start_s": time.perf_counter() - t}
     for name, layers in SIZES.items():

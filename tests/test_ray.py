@@ -27,7 +27,8 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module's
 def ray_session():
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", _node_ip_address="127.0.0.1")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning",
+                 _node_ip_address="127.0.0.1")
     yield ray
     if started:
         ray.shutdown()
@@ -354,6 +355,9 @@ def test_joins_a_running_cluster_and_leaves_it_running():
                 pass
     time.sleep(0.5)
     assert not _pids_of_cluster(temp)
+    import shutil
+
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def _pids_of_cluster(temp):

@@ -296,6 +296,7 @@ class RayRun(Run):
 
     def barrier(self) -> None:
         """Every call of the epoch done: fold their statuses into the workers' accounts."""
+        self.wait_calls()
         for w in self.workers:
             for ev in w.calls:
                 st = ev.synchronize()
@@ -310,6 +311,21 @@ class RayRun(Run):
         if self.opts.utype == "hogwild":  # the workers pushed to the shards themselves
             self.server.current = [a.params.remote() for a in self.server.actors]
         self.server.synchronize()
+
+    def wait_calls(self) -> None:
+        """Wait for the epoch's calls (BSP and HOGWILD submit a whole epoch at once), with a
+        heartbeat line every 10 s giving the share of calls done."""
+        progress = self.progress
+        if progress is None or not progress.enabled:
+            return
+        pending = [ev.ref for w in self.workers for ev in w.calls]
+        n = len(pending)
+        batches, samples = sum(w.cursor for w in self.workers), sum(w.samples for w in self.workers)
+        while pending:
+            _, pending = self.ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            if pending and progress.due():
+                done = 1 - len(pending) / n
+                progress.heartbeat(self.workers[0].epoch, round(done * batches), batches, round(done * samples))
 
     def skipped(self) -> list[int]:
         return [int(v) for v in self.server.bad[1]]
