@@ -214,6 +214,27 @@ def test_killed_server_shard_restores_from_checkpoint(ray_session, tmp_path):
     assert net.evaluate(res.model, X, y)["accuracy"] > 0.9
 
 
+def test_killed_server_shard_without_checkpoint_stops_with_a_clear_error(ray_session):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((6000, 20))
+    y = rng.integers(0, 3, 6000)
+    net = MLP([20, 16, 3])
+    killed = []
+
+    def killer():
+        time.sleep(1.5)
+        for pid in _pids("ray::ShardActor"):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    threading.Thread(target=killer, daemon=True).start()
+    t0 = time.time()
+    with pytest.raises(WorkerError, match=r"^server shard 0 failed: .*with checkpoint="):
+        gpups.paramserv(net.init(0, dtype=np.float64), X, y, upd=net.gradients, utype="ASP", k=2, batchsize=8,
+                        epochs=20, backend="ray", device="cpu", progress=False)
+    assert killed and time.time() - t0 < 120
+
+
 # -- the embedded default, options ---------------------------------------------------------
 def test_embedded_ray_starts_and_stops_its_own_instance(tmp_path):
     """No address, no Ray running: paramserv starts a local Ray and shuts it down after, leaving

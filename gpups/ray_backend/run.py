@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..device import CPUDevice
+from ..errors import WorkerError
 from ..flat import Layout
 from ..optim import UserRule, make_rule
 from ..runtime import Run, log
@@ -92,7 +93,7 @@ class RemoteServer:
     """The driver's handle on the shard actors: the refs of their newest parameters, the
     pending pushes, and the version count the policies measure staleness in."""
 
-    def __init__(self, ray: Any, actors: list[Any], cuts: list[tuple[int, int]], k: int, dtype: Any):
+    def __init__(self, ray: Any, actors: list[Any], cuts: list[tuple[int, int]], k: int):
         self.ray, self.actors, self.cuts = ray, actors, cuts
         self.current: list[Any] = []   # refs: each shard's newest parameters
         self.pending: dict[int, tuple[Any, list[Any]]] = {}  # worker -> (status, payload slices)
@@ -100,7 +101,6 @@ class RemoteServer:
         self.bad = np.zeros((3, k), np.int64)
         self.update_seconds = 0.0
         self.final: np.ndarray | None = None
-        self.dtype = dtype
         self.names: dict[str, str] = {a._actor_id.hex(): f"server shard {s}" for s, a in enumerate(actors)}
 
     def event(self, ref: Any, who: str, retry: Callable[[], None] | None = None) -> RayEvent:
@@ -230,7 +230,7 @@ class RayRun(Run):
         except ray.exceptions.GetTimeoutError:
             raise TimeoutError(f"backend='ray': the {len(self.actors)} actors were not all placed within "
                                f"{READY_TIMEOUT:.0f} s (cluster resources: {ray.available_resources()})") from None
-        self.server = RemoteServer(ray, shards, cuts, k, layout.dtype)
+        self.server = RemoteServer(ray, shards, cuts, k)
         self.server.names.update({a._actor_id.hex(): f"worker {j}" for j, a in enumerate(actors)})
         self.server.current = self.data_refs[:len(cuts)]
         self.workers = [RemoteWorker(j, a, len(rows), opts.batchsize) for j, (a, rows) in enumerate(zip(actors, parts))]
@@ -281,8 +281,12 @@ class RayRun(Run):
             try:
                 return super().epoch(epoch, progress)
             except StreamError as err:
-                if not err.stream_name.startswith("server shard") or self.start_state is None or attempt == RESTARTS:
+                if not err.stream_name.startswith("server shard") or attempt == RESTARTS:
                     raise
+                if self.start_state is None:
+                    raise WorkerError(err.stream_name, f"{type(err.exc).__name__}: {err.exc} (with checkpoint= "
+                                      "a restarted shard restores the newest checkpoint and the run goes on)"
+                                      ) from err.exc
                 state = self.restore_point()
                 log(f"gpups: {err.stream_name} died ({type(err.exc).__name__}); Ray restarts it and the run "
                     f"goes back to the end of epoch {state['epoch']}")
