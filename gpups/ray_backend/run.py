@@ -16,6 +16,7 @@ with the actor's error.
 """
 from __future__ import annotations
 
+import collections
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -33,6 +34,7 @@ from .cluster import Cluster, share
 
 RESTARTS = 3          # per actor
 READY_TIMEOUT = 300.0  # seconds for every actor to be placed and started
+AHEAD = 32            # rounds of calls submitted ahead of the oldest unfinished one
 
 
 class RayEvent:
@@ -240,6 +242,7 @@ class RayRun(Run):
         self.first_epoch = 0
         self.progress = None
         self.start_state = self.state_dict(0) if opts.checkpoint else None
+        self.in_flight: collections.deque = collections.deque()
 
     # -- primitives for policies ---------------------------------------------------------------
     def start(self, j: int, nsteps: int, epoch: int, pulled: list | None = None) -> RayEvent:
@@ -263,6 +266,7 @@ class RayRun(Run):
         if self.opts.utype not in ("bsp", "hogwild"):
             ev.retry = resubmit
         w.calls.append(ev)
+        self.throttle(ev)
         if self.progress is not None and self.progress.due():
             self.progress.heartbeat(epoch, sum(x.cursor for x in self.workers),
                                     sum(x.batches for x in self.workers), sum(x.samples for x in self.workers))
@@ -272,7 +276,15 @@ class RayRun(Run):
         b0 = w.account(nsteps, epoch)
         ref = w.actor.hogwild.remote(b0, nsteps, epoch, 1.0 / self.opts.k)
         w.calls.append(self.server.event(ref, f"worker {w.j}"))
+        self.throttle(w.calls[-1])
         self.server.version += 1
+
+    def throttle(self, ev: RayEvent) -> None:
+        """BSP and HOGWILD submit ahead; past ``AHEAD`` rounds, wait for the oldest call to end,
+        so that a long epoch does not pile up tasks in Ray (errors surface at the barrier)."""
+        self.in_flight.append(ev)
+        while len(self.in_flight) > AHEAD * len(self.workers):
+            self.ray.wait([self.in_flight.popleft().ref])
 
     # -- the epoch loop ------------------------------------------------------------------------
     def epoch(self, epoch: int, progress: Any) -> None:
@@ -301,6 +313,7 @@ class RayRun(Run):
     def barrier(self) -> None:
         """Every call of the epoch done: fold their statuses into the workers' accounts."""
         self.wait_calls()
+        self.in_flight.clear()
         for w in self.workers:
             for ev in w.calls:
                 st = ev.synchronize()
