@@ -17,6 +17,7 @@ with the actor's error.
 from __future__ import annotations
 
 import collections
+import contextlib
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -89,6 +90,10 @@ class RayDevice(CPUDevice):
 
     def describe(self) -> str:
         return self.description
+
+    def compute_threads(self, k: int) -> Any:
+        """The workers are other processes, each limited to its share (``limit_threads``)."""
+        return contextlib.nullcontext()
 
 
 class RemoteServer:
