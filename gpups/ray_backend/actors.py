@@ -98,6 +98,7 @@ class WorkerActor:
         if gpu:
             w.graphs = self.device.step_graphs(w)
         self.cuts, self.shards, self.j = cuts, list(shards), j
+        self.params = w.params  # views of the replica
 
     def ready(self) -> int:
         return os.getpid()
@@ -105,7 +106,7 @@ class WorkerActor:
     def run(self, cursor: int, nsteps: int, epoch: int, *parts: np.ndarray) -> tuple:
         """Pull ``parts`` (the shards' parameters), run ``nsteps`` batches from batch ``cursor``;
         returns the status, then the payload cut at the shards' ranges."""
-        self._pull(parts)
+        self._pull(parts, nsteps)
         status = self._interval(cursor, nsteps, epoch)
         payload = host(self.worker.payload)
         return (status, *[payload[lo:hi] for lo, hi in self.cuts])
@@ -115,7 +116,7 @@ class WorkerActor:
         import ray
 
         pulled = ray.get([sh.pull.remote() for sh in self.shards])
-        self._pull([p for p, _ in pulled])
+        self._pull([p for p, _ in pulled], nsteps)
         status = self._interval(cursor, nsteps, epoch)
         payload = host(self.worker.payload)
         versions = ray.get([sh.push_unlocked.remote(self.j, scale, status, payload[lo:hi])
@@ -123,8 +124,14 @@ class WorkerActor:
         status["staleness"] = max(0, versions[0] - 1 - pulled[0][1])
         return status
 
-    def _pull(self, parts: Sequence[np.ndarray]) -> None:
+    def _pull(self, parts: Sequence[np.ndarray], nsteps: int = 0) -> None:
+        """The pulled parameters into the replica; or, where the interval only reads them (one
+        step, gradients pushed, one shard, on the CPU), used where they lie: no copy."""
         w = self.worker
+        if nsteps == 1 and w.push == "gradients" and len(parts) == 1 and self.device.kind == "cpu":
+            w.params = w.layout.views(parts[0])
+            return
+        w.params = self.params
         for (lo, hi), part in zip(self.cuts, parts):
             w.replica[lo:hi] = self.device.place(part) if self.device.kind != "cpu" else part
         if w.base is not None:
