@@ -182,10 +182,7 @@ class Run:
                 "workers": self.worker_states()}
 
     def worker_states(self) -> list[dict[str, Any]]:
-        to_host = self.device.to_host
-        return [{"local_step": w.local_step,
-                 "local_state": {s: (a if s == "user" else to_host(a)) for s, a in w.local_state.items()}}
-                for w in self.workers]
+        return [w.state_dict() for w in self.workers]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         want, got = self.fingerprint(), state["fingerprint"]
@@ -202,12 +199,7 @@ class Run:
 
     def load_worker_states(self, states: list[dict[str, Any]]) -> None:
         for w, ws in zip(self.workers, states):
-            w.local_step = ws["local_step"]
-            for slot, val in ws["local_state"].items():
-                if slot == "user":
-                    w.local_state[slot] = val
-                else:
-                    w.local_state[slot][...] = self.device.place(val)
+            w.load_state_dict(ws)
 
 
 def check_metrics(out: Any) -> dict[str, Any]:

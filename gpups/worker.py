@@ -207,6 +207,20 @@ class Worker(Accounts):
         self.rule.apply(self.device.kernels, True, g[None, :], self.one, self.nobad, 1.0, self.replica,
                         self.local_state, step)
 
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The local optimizer's step count and state, on the host."""
+        return {"local_step": self.local_step,
+                "local_state": {s: (a if s == "user" else self.device.to_host(a)) for s, a in self.local_state.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.local_step = state["local_step"]
+        for slot, val in state["local_state"].items():
+            if slot == "user":
+                self.local_state[slot] = val
+            else:
+                self.local_state[slot][...] = self.device.place(val)
+
     def pull_unlocked(self) -> None:
         """HOGWILD's pull, on the worker's own stream (with push='model', also the base the
         model's change is measured from)."""

@@ -156,18 +156,10 @@ class WorkerActor:
                 "loss_sum": 0.0 if loss is None else loss * w.loss_count, "loss_count": w.loss_count}
 
     def local_state(self) -> dict[str, Any]:
-        w = self.worker
-        return {"local_step": w.local_step,
-                "local_state": {s: (a if s == "user" else self.device.to_host(a)) for s, a in w.local_state.items()}}
+        return self.worker.state_dict()
 
     def load_local_state(self, state: dict[str, Any]) -> None:
-        w = self.worker
-        w.local_step = state["local_step"]
-        for slot, val in state["local_state"].items():
-            if slot == "user":
-                w.local_state[slot] = val
-            else:
-                w.local_state[slot][...] = self.device.place(val)
+        self.worker.load_state_dict(state)
 
 
 def fetch(items: list) -> list:
