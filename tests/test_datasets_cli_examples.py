@@ -84,7 +84,8 @@ def test_gpups_train_reports_bad_options_without_a_traceback(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("script,args", [("quickstart.py", []), ("custom_upd_agg.py", []),
-                                         ("compare_sync_modes.py", []), ("lenet.py", ["1024"])])
+                                         ("compare_sync_modes.py", []), ("lenet.py", ["1024"]),
+                                         pytest.param("ray_backend.py", [], marks=pytest.mark.ray)])
 def test_example_runs(script, args):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script), *args],
                           capture_output=True, text=True, timeout=240)
