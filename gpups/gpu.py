@@ -86,8 +86,9 @@ class CUDADevice:
 
     def __init__(self, ids: Sequence[int]):
         if len(set(ids)) > 1:
-            raise ValueError(f"device={['cuda:%d' % i for i in ids]!r} is not allowed yet: one GPU per run "
-                             "(workers on several GPUs are planned); pass 'cuda:N'")
+            raise ValueError(f"device={['cuda:%d' % i for i in ids]!r} is not allowed yet: the local backend "
+                             "drives one GPU per run; pass 'cuda:N', or use backend='ray', which gives each "
+                             "worker actor a GPU of its own (payloads through host memory)")
         self.ids = list(ids)
         self.id = self.ids[0]
         n = cp.cuda.runtime.getDeviceCount()
