@@ -206,8 +206,9 @@ class RayRun(Run):
         hogwild = opts.utype == "hogwild"
         shard_cls = ray.remote(ShardActor).options(
             num_cpus=0, max_restarts=RESTARTS, max_task_retries=0, max_concurrency=k if hogwild else 1)
-        # arrays go to the constructors as refs inside a list: the driver keeps them alive for
-        # restarts, and Ray does not pin (and warn about) object-store constructor arguments
+        # arrays go to the constructors as refs (inside a list, fetched by the actor): the driver
+        # keeps them alive for the run, so a restarted actor finds them again. (Ray still logs
+        # that a restartable actor has object-store constructor arguments: it is harmless here.)
         self.data_refs: list[Any] = [ray.put(np.ascontiguousarray(init_flat[lo:hi])) for lo, hi in cuts]
         shards = [shard_cls.remote(s, layout.sub(lo, hi), [self.data_refs[s]], opts.agg, hp, k, opts.push)
                   for s, (lo, hi) in enumerate(cuts)]
