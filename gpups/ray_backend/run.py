@@ -48,10 +48,6 @@ class RayEvent:
     def __init__(self, ray: Any, ref: Any, who: str, names: dict[str, str], retry: Callable[[], None] | None = None):
         self.ray, self.ref, self.who, self.names, self.retry = ray, ref, who, names, retry
 
-    @property
-    def done(self) -> bool:
-        return bool(self.ray.wait([self.ref], timeout=0)[0])
-
     def synchronize(self, timeout: float | None = None) -> Any:
         """The call's result. A failure raises :class:`StreamError` naming the actor that
         failed; if that is this call's worker and it may be resubmitted, it is, until the
@@ -120,11 +116,10 @@ class RemoteServer:
         self.current = [a.apply.remote(rows, scale, *statuses, *[self.pending[j][1][s] for j in rows])
                         for s, a in enumerate(self.actors)]
         self.version += 1
-        if pull_into is None:
-            return []
-        return [self.event(r, f"server shard {s}") for s, r in enumerate(self.current)]
+        return [] if pull_into is None else self.pull()
 
     def pull(self, dst: Any = None) -> list[RayEvent]:
+        """The shards' newest parameters: refs a worker's next call takes as arguments."""
         return [self.event(r, f"server shard {s}") for s, r in enumerate(self.current)]
 
     @property
