@@ -21,6 +21,7 @@ class CPUDevice:
     kind = "cpu"
     name = "cpu"
     xp = np
+    slots = 1  # device slots workers and shards are placed on (a GPU list has several)
 
     def __init__(self) -> None:
         self.kernels = cpu_kernels()
@@ -37,11 +38,24 @@ class CPUDevice:
     def wait_any(self, events: Sequence[streams.Event]) -> list[int]:
         return streams.wait_any(events)
 
-    def place(self, array: Any, j: int | None = None) -> np.ndarray:
+    @staticmethod
+    def worker_slot(j: int) -> int:
+        return 0
+
+    @staticmethod
+    def shard_slot(s: int) -> int:
+        return 0
+
+    @staticmethod
+    def on(slot: int = 0) -> Any:
+        """Context in which allocations land on ``slot`` (nothing to do on the CPU)."""
+        return contextlib.nullcontext()
+
+    def place(self, array: Any, slot: int = 0) -> np.ndarray:
         """The array on this device (workers' partitions, the server's buffers)."""
         return np.ascontiguousarray(host(array))
 
-    def rows(self, idx: Sequence[int]) -> np.ndarray:
+    def rows(self, idx: Sequence[int], slot: int = 0) -> np.ndarray:
         """Worker indices as an int64 array (cached: the same few sets recur every round)."""
         key = tuple(idx)
         arr = self._rows.get(key)

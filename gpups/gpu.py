@@ -46,8 +46,8 @@ class CudaStream:
 
     RING = 8  # events are recycled: a stream's recent events stay valid for the policies
 
-    def __init__(self, name: str, device_id: int):
-        self.name, self.device_id = name, device_id
+    def __init__(self, name: str, device_id: int, switch: bool = False):
+        self.name, self.device_id, self.switch = name, device_id, switch
         with cp.cuda.Device(device_id):
             self.raw = cp.cuda.Stream(non_blocking=True)
             self._events = [cp.cuda.Event(block=False, disable_timing=True) for _ in range(self.RING)]
@@ -55,8 +55,12 @@ class CudaStream:
 
     def launch(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
-            with self.raw:  # one GPU per run: the device is current already
-                fn(*args)
+            if self.switch:  # several GPUs: make the stream's device current first
+                with cp.cuda.Device(self.device_id), self.raw:
+                    fn(*args)
+            else:  # one GPU per run: it is current already
+                with self.raw:
+                    fn(*args)
         except Exception as exc:
             raise StreamError(self.name, exc) from exc
 
@@ -80,31 +84,44 @@ class CudaStream:
 
 
 class CUDADevice:
+    """One GPU, or several: ``ids`` lists a CUDA device per slot (repeats allowed). Worker j
+    runs on slot ``j % slots`` and server shard s on slot ``s % slots``; each slot holds its
+    own copy of the parameter-sized buffers (:class:`gpups.server.Home`) and data crosses
+    slots only as explicit async copies."""
+
     kind = "cuda"
     xp = cp
     max_workers = 1024  # MAXK in kernels/optim.cu
 
     def __init__(self, ids: Sequence[int]):
-        if len(set(ids)) > 1:
-            raise ValueError(f"device={['cuda:%d' % i for i in ids]!r} is not allowed yet: the local backend "
-                             "drives one GPU per run; pass 'cuda:N', or use backend='ray', which gives each "
-                             "worker actor a GPU of its own (payloads through host memory)")
         self.ids = list(ids)
         self.id = self.ids[0]
+        self.slots = len(self.ids)
         n = cp.cuda.runtime.getDeviceCount()
-        if self.id >= n:
-            raise ValueError(f"device='cuda:{self.id}' is not allowed: this machine has {n} GPU(s)")
+        for i in self.ids:
+            if i >= n:
+                raise ValueError(f"device='cuda:{i}' is not allowed: this machine has {n} GPU(s)")
         from .kernels import cuda as kernels
 
         self.kernels = kernels
         self.name = cp.cuda.runtime.getDeviceProperties(self.id)["name"].decode()
         self._rows: dict[tuple, Any] = {}
 
+    def worker_slot(self, j: int) -> int:
+        return j % self.slots
+
+    def shard_slot(self, s: int) -> int:
+        return s % self.slots
+
+    def on(self, slot: int = 0) -> Any:
+        """Context in which CuPy allocates and launches on ``slot``'s GPU."""
+        return cp.cuda.Device(self.ids[slot])
+
     def worker_stream(self, j: int, concurrent: bool = True) -> CudaStream:
-        return CudaStream(f"worker {j}", self.id)
+        return CudaStream(f"worker {j}", self.ids[self.worker_slot(j)], self.slots > 1)
 
     def server_stream(self, s: int) -> CudaStream:
-        return CudaStream(f"server shard {s}", self.id)
+        return CudaStream(f"server shard {s}", self.ids[self.shard_slot(s)], self.slots > 1)
 
     def wait_any(self, events: Sequence[CudaEvent]) -> list[int]:
         while True:
@@ -113,17 +130,17 @@ class CUDADevice:
                 return ready
             time.sleep(0)
 
-    def place(self, array: Any, j: int | None = None) -> Any:
-        with cp.cuda.Device(self.id):
+    def place(self, array: Any, slot: int = 0) -> Any:
+        with self.on(slot):
             return cp.ascontiguousarray(cp.asarray(array))
 
-    def rows(self, idx: Sequence[int]) -> Any:
-        """Worker indices on the device, cached per set (called per push: kept cheap)."""
-        key = idx if type(idx) is tuple else tuple(idx)
+    def rows(self, idx: Sequence[int], slot: int = 0) -> Any:
+        """Worker indices on ``slot``'s GPU, cached per set (called per push: kept cheap)."""
+        key = (slot, idx if type(idx) is tuple else tuple(idx))
         arr = self._rows.get(key)
         if arr is None:
-            with cp.cuda.Device(self.id):
-                arr = self._rows[key] = cp.asarray(np.asarray(key, np.int64))
+            with self.on(slot):
+                arr = self._rows[key] = cp.asarray(np.asarray(key[1], np.int64))
         return arr
 
     @staticmethod
@@ -135,10 +152,11 @@ class CUDADevice:
         return cp.asnumpy(array)
 
     def describe(self) -> str:
-        return f"cuda:{self.id} ({self.name})"
+        return f"{', '.join(f'cuda:{i}' for i in self.ids)} ({self.name})"
 
     def synchronize(self) -> None:
-        cp.cuda.Device(self.id).synchronize()
+        for i in sorted(set(self.ids)):
+            cp.cuda.Device(i).synchronize()
 
     def compute_threads(self, k: int) -> Any:
         import contextlib
@@ -200,13 +218,16 @@ class GraphCache:
         if graph is None:
             self.seen.add(key)
             stream.launch(fn, *args)
-            return
-        graph.launch(stream.raw)
+        elif stream.switch:
+            with cp.cuda.Device(stream.device_id):
+                graph.launch(stream.raw)
+        else:
+            graph.launch(stream.raw)
 
     def capture(self, stream: CudaStream, key: Any, fn: Callable[..., Any], *args: Any) -> Any:
         s = stream.raw
         try:
-            with s:
+            with cp.cuda.Device(stream.device_id), s:
                 s.begin_capture()
                 try:
                     fn(*args)
@@ -229,14 +250,15 @@ class IntervalGraphs:
         self.warm: set[int] = set()
         self.disabled = False
         X, y, bs = worker.X, worker.y, worker.batchsize
-        self.xb = cp.empty((bs, *X.shape[1:]), X.dtype)
-        self.yb = cp.empty((bs, *y.shape[1:]), y.dtype)
+        with cp.cuda.Device(worker.stream.device_id):
+            self.xb = cp.empty((bs, *X.shape[1:]), X.dtype)
+            self.yb = cp.empty((bs, *y.shape[1:]), y.dtype)
 
     def gather(self) -> tuple[Any, Any]:
         from .kernels.cuda_nn import gather_xy
 
         w = self.w
-        gather_xy(w.X, self.xb, w.y, self.yb, w.counter, w.server.bad[0, w.j:w.j + 1] if w.check_finite else None)
+        gather_xy(w.X, self.xb, w.y, self.yb, w.counter, w.bad[0, w.j:w.j + 1] if w.check_finite else None)
         return self.xb, self.yb
 
     def advance(self) -> None:

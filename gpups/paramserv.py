@@ -59,53 +59,54 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
     remote = opts.backend == "ray"
     actor_device = ray_device(device) if remote else ""
     dev = CPUDevice() if remote else resolve(device)  # backend="ray": the driver works on the host
-    if dev.kind == "cuda" and opts.k > dev.max_workers:
-        raise option_error("k", opts.k, f"at most {dev.max_workers} workers on a GPU (the fused kernels "
-                           "keep the rows they aggregate in shared memory)")
-    n = features.shape[0]
-    parts = partition(n, opts.k, opts.scheme, opts.seed)
-    check_partitions(parts, opts.batchsize, n, opts.k)
-    if evaluate is None and val_features is not None:
-        evaluate = getattr(getattr(upd, "__self__", None), "evaluate", None)
+    with dev.on(0):  # a GPU run makes its (first) device current for the whole call
+        if dev.kind == "cuda" and opts.k > dev.max_workers:
+            raise option_error("k", opts.k, f"at most {dev.max_workers} workers on a GPU (the fused kernels "
+                               "keep the rows they aggregate in shared memory)")
+        n = features.shape[0]
+        parts = partition(n, opts.k, opts.scheme, opts.seed)
+        check_partitions(parts, opts.batchsize, n, opts.k)
+        if evaluate is None and val_features is not None:
+            evaluate = getattr(getattr(upd, "__self__", None), "evaluate", None)
 
-    layout = Layout.of(model)
-    in_xp = array_module(next(iter(model.values())))
-    init = np.empty(layout.size, layout.dtype) if in_xp is np else in_xp.empty(layout.size, layout.dtype)
-    layout.flatten(model, init)
-    if dev.kind == "cpu":  # CuPy inputs train on the CPU too when asked
-        init, features, labels = host(init), host(features), host(labels)
-    xf, yl = features, labels
-    dry_run(dev, layout, init, xf, yl, parts[0][: opts.batchsize], upd, opts.agg, hp)
-    val = None
-    if val_features is not None:
-        val = (dev.place(val_features), dev.place(val_labels))
-        if evaluate is not None:
-            check_metrics(evaluate(layout.views(dev.place(init.copy())), val[0][:2], val[1][:2]))
+        layout = Layout.of(model)
+        in_xp = array_module(next(iter(model.values())))
+        init = np.empty(layout.size, layout.dtype) if in_xp is np else in_xp.empty(layout.size, layout.dtype)
+        layout.flatten(model, init)
+        if dev.kind == "cpu":  # CuPy inputs train on the CPU too when asked
+            init, features, labels = host(init), host(features), host(labels)
+        xf, yl = features, labels
+        dry_run(dev, layout, init, xf, yl, parts[0][: opts.batchsize], upd, opts.agg, hp)
+        val = None
+        if val_features is not None:
+            val = (dev.place(val_features), dev.place(val_labels))
+            if evaluate is not None:
+                check_metrics(evaluate(layout.views(dev.place(init.copy())), val[0][:2], val[1][:2]))
 
-    if remote:
-        from .ray_backend import RayRun
+        if remote:
+            from .ray_backend import RayRun
 
-        run: Run = RayRun(opts, layout, init, xf, yl, parts, upd, hp, evaluate, val, actor_device)
-    else:
-        run = Run(opts, dev, layout, init, xf, yl, parts, upd, hp, evaluate, val)
-    if opts.resume:
-        state = ckpt.load_latest(opts.checkpoint)
-        if state is None:
-            if opts.progress:
-                log(f"resume: no checkpoint in {opts.checkpoint!r} yet, starting from epoch 1")
+            run: Run = RayRun(opts, layout, init, xf, yl, parts, upd, hp, evaluate, val, actor_device)
         else:
-            run.load_state_dict(state)
-            if opts.progress:
-                log(f"resume: continuing after epoch {run.first_epoch} from {opts.checkpoint!r}")
-    history = run.train(opts.epochs)
+            run = Run(opts, dev, layout, init, xf, yl, parts, upd, hp, evaluate, val)
+        if opts.resume:
+            state = ckpt.load_latest(opts.checkpoint)
+            if state is None:
+                if opts.progress:
+                    log(f"resume: no checkpoint in {opts.checkpoint!r} yet, starting from epoch 1")
+            else:
+                run.load_state_dict(state)
+                if opts.progress:
+                    log(f"resume: continuing after epoch {run.first_epoch} from {opts.checkpoint!r}")
+        history = run.train(opts.epochs)
 
-    flat = run.server.w
-    out = {}
-    for name, view in layout.views(flat).items():
-        arr = dev.to_host(view)
-        out[name] = np.array(arr, copy=True) if in_xp is np else in_xp.asarray(arr).copy()
-    graphs = sum(len(w.graphs.graphs) for w in run.workers if getattr(w, "graphs", None) is not None)
-    return Result(out, history, run.device.describe(), run.clock_log, graphs)
+        flat = run.server.model()
+        out = {}
+        for name, view in layout.views(flat).items():
+            arr = dev.to_host(view)
+            out[name] = np.array(arr, copy=True) if in_xp is np else in_xp.asarray(arr).copy()
+        graphs = sum(len(w.graphs.graphs) for w in run.workers if getattr(w, "graphs", None) is not None)
+        return Result(out, history, run.device.describe(), run.clock_log, graphs)
 
 
 def ray_device(device: Any) -> str:

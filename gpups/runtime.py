@@ -35,14 +35,18 @@ class Run:
         # Workers compute on the server's parameters themselves, without a replica copy, where
         # nothing can change them meanwhile (BSP: the server waits for every push) or where
         # changing them is the point (HOGWILD); only with one step per push and no local update.
-        alias = opts.utype in ("bsp", "hogwild") and opts.freq == "batch" and opts.push == "gradients"
+        # On several GPUs a HOGWILD worker cannot write other devices' shards from its stream:
+        # it keeps a replica and its pushes are applied on the shards' streams (hogwild_interval).
+        self.unlocked = opts.utype == "hogwild" and device.slots == 1
+        alias = (opts.utype == "bsp" or self.unlocked) and opts.freq == "batch" and opts.push == "gradients"
         self.workers = [Worker(j, device, features, labels, rows, layout, self.server, upd, hp,
                                make_rule(opts.agg, hp), opts.batchsize, opts.push, alias, opts.k > 1)
                         for j, rows in enumerate(parts)]
         for w in self.workers:
-            if opts.utype == "hogwild":  # the worker's own stream pulls and pushes, unlocked
+            if opts.utype == "hogwild":  # the worker's own stream pulls (and pushes), unlocked
                 w.head = None if alias else w.pull_unlocked
-                w.tail = functools.partial(self.server.push_unlocked, device.rows([w.j]), 1.0 / opts.k)
+                if self.unlocked:
+                    w.tail = functools.partial(self.server.push_unlocked, device.rows([w.j]), 1.0 / opts.k)
             if device.kind != "cpu":
                 w.graphs = device.step_graphs(w)
         self.policy = make_policy(opts.utype, opts.staleness, opts.backup_workers)
@@ -61,7 +65,7 @@ class Run:
         already made), run its interval, return its push event."""
         w = self.workers[j]
         w.pulled = self.server.version
-        for ev in self.server.pull(w.replica) if pulled is None else pulled:
+        for ev in self.server.pull(w.replica, w.slot) if pulled is None else pulled:
             w.stream.wait_event(ev)
         if w.base is not None:
             w.stream.launch(w.snapshot_base)
@@ -76,14 +80,20 @@ class Run:
         the new model is copied into j's replica in the same go (events returned)."""
         w = self.workers[j]
         w.staleness.append(self.server.version - w.pulled)
-        return self.server.apply((j,), 1.0 / self.opts.k, pull_into=w.replica if pull else None)
+        return self.server.apply((j,), 1.0 / self.opts.k, pull_into=w.replica if pull else None, slot=w.slot)
 
     def hogwild_interval(self, w: Worker, nsteps: int, epoch: int) -> None:
         """On worker w's stream: unlocked pull, interval, unlocked push of its own update (the
-        worker's head and tail), then the bookkeeping."""
+        worker's head and tail), then the bookkeeping. On several GPUs the push is applied by
+        streams of w's own on the shards' devices (:meth:`ParamServer.push_from`)."""
         w.pulled = self.server.version
         w.run(nsteps, epoch)
         w.staleness.append(self.server.version - w.pulled)
+        if not self.unlocked:
+            # (a CPU worker runs this on its own thread, after its interval: nothing to wait for)
+            after = w.stream.record() if self.device.kind != "cpu" else None
+            for ev in self.server.push_from(w.j, 1.0 / self.opts.k, after):
+                w.stream.wait_event(ev)
         self.server.count_unlocked()
 
     # -- the epoch loop ------------------------------------------------------------------------
@@ -131,14 +141,14 @@ class Run:
             ckpt.save(self.opts.checkpoint, epoch + 1, self.state_dict(epoch + 1))
 
     def skipped(self) -> list[int]:
-        return [int(v) for v in self.device.to_host(self.server.bad[1])]
+        return [int(v) for v in self.server.flags()[1]]
 
     def check_finite(self, epoch: int) -> None:
         """With nonfinite='raise', stop at the first push that held NaN or Inf (the server
         skipped it, so the model is still finite), naming the worker and the batch."""
         if self.opts.nonfinite != "raise":
             return
-        first = self.device.to_host(self.server.bad[2])
+        first = self.server.flags()[2]
         for j, b in enumerate(first):
             if b:
                 self.cancel()
@@ -154,7 +164,7 @@ class Run:
     def validate(self) -> dict[str, float]:
         if self.evaluate is None or self.val is None:
             return {}
-        params = self.layout.views(self.server.w)
+        params = self.layout.views(self.server.model())
         out = self.evaluate(params, *self.val)
         return {f"val_{k}": float(v) for k, v in check_metrics(out).items()}
 

@@ -5,15 +5,33 @@ push buffer ``G`` on their own stream, then recording an event. :meth:`ParamServ
 every shard's stream wait on those events and runs one fused aggregate+update kernel over the
 shard's range of ``G`` and of the parameters. A shard's stream serialises its updates and pulls,
 so it is the shard's lock: no other lock exists.
+
+On several GPUs each device slot has a :class:`Home`: its own parameter-sized ``w``, ``G`` and
+flags. A shard owns its range of its home's ``w``; a worker writes its push into its home's
+``G`` and sends the ranges of shards homed elsewhere there itself (:meth:`sender`, async copies
+on its stream); a pull copies each shard's range into the puller's buffer on the shard's stream.
+With one slot nothing is copied between homes: there is one.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from .flat import Layout
 from .optim import UserRule
+
+
+@dataclass
+class Home:
+    """One device slot's parameter-sized buffers."""
+
+    slot: int
+    w: Any    # parameters: current in the ranges of the shards homed here
+    G: Any    # (k, n) push buffers: rows of the workers homed here, shard ranges of the others
+    bad: Any  # (3, k) int64: [0] push flagged non-finite (skipped), [1] count, [2] first batch
 
 
 @dataclass
@@ -23,59 +41,77 @@ class Shard:
     hi: int
     stream: Any
     state: dict[str, Any]
-    G: Any = None  # this shard's columns of the push buffers
-    w: Any = None  # this shard's range of the parameters
+    home: Home
+    G: Any = None  # this shard's columns of its home's push buffers
+    w: Any = None  # this shard's range of its home's parameters
     step: int = 0  # updates applied to this shard (adam's bias correction)
+
+    @property
+    def slot(self) -> int:
+        return self.home.slot
 
 
 @dataclass
 class ParamServer:
     device: Any
     layout: Layout
-    w: Any                  # flat parameters, on the device
+    w: Any                  # flat parameters, on the device (slot 0's home)
     rule: Any               # optimizer (optim.Builtin or optim.UserRule)
     k: int
     servers: int = 1
     push: str = "gradients"
     shards: list[Shard] = field(init=False)
-    G: Any = field(init=False)  # (k, n) push buffers, row j = worker j's
-    bad: Any = field(init=False)  # (3, k) int64: [0] push flagged non-finite (skipped), [1] count, [2] first batch
+    G: Any = field(init=False)  # (k, n) push buffers of slot 0, row j = worker j's
+    bad: Any = field(init=False)  # (3, k) flags of slot 0 (see Home)
     version: int = 0            # updates applied so far (staleness is measured in these)
-    updated: list = field(default_factory=list)  # per shard: event after its latest update
+    updated: dict = field(default_factory=dict)  # per slot: events after the latest update
     update_seconds: float = 0.0  # CPU: wall time spent in update kernels (the bench's server share)
 
     def __post_init__(self) -> None:
-        xp, n = self.device.xp, self.layout.size
-        self.G = xp.zeros((self.k, n), self.w.dtype)
-        self.bad = xp.zeros((3, self.k), xp.int64)
+        dev, xp, n = self.device, self.device.xp, self.layout.size
         if isinstance(self.rule, UserRule):
             self.rule.layout = self.layout
         # fixed-argument server work (updates of given rows, pulls into given replicas) replays
         # as CUDA graphs where the rule's kernel arguments do not change from step to step
-        self.graphs = self.device.graph_cache()
+        self.graphs = dev.graph_cache()
+        self._streams: dict[tuple[int, int], Any] = {}  # (worker, shard): HOGWILD across GPUs
         self.replayable = not isinstance(self.rule, UserRule) and self.rule.name != "adam"
         cuts = self.layout.shards(self.servers, whole_tensors=isinstance(self.rule, UserRule))
-        self.shards = [Shard(s, lo, hi, self.device.server_stream(s),
-                             self.rule.init_state(xp, hi - lo, self.w.dtype), self.G[:, lo:hi], self.w[lo:hi])
-                       for s, (lo, hi) in enumerate(cuts)]
+        used = {dev.worker_slot(j) for j in range(self.k)} | {dev.shard_slot(s) for s in range(len(cuts))}
+        w0 = dev.to_host(self.w) if len(used) > 1 else None
+        self.homes: dict[int, Home] = {}
+        for slot in sorted(used):
+            with dev.on(slot):
+                w = self.w if slot == 0 else dev.place(w0, slot)
+                self.homes[slot] = Home(slot, w, xp.zeros((self.k, n), w.dtype), xp.zeros((3, self.k), xp.int64))
+        self.G, self.bad = self.homes[0].G, self.homes[0].bad
+        self.shards = []
+        for s, (lo, hi) in enumerate(cuts):
+            home = self.homes[dev.shard_slot(s)]
+            with dev.on(home.slot):
+                state = self.rule.init_state(xp, hi - lo, self.w.dtype)
+            self.shards.append(Shard(s, lo, hi, dev.server_stream(s), state, home, home.G[:, lo:hi], home.w[lo:hi]))
+
+    def home(self, slot: int) -> Home:
+        return self.homes[slot]
 
     # -- scheduler side ------------------------------------------------------------------------
     def apply(self, rows: Sequence[int], scale: float, after: Sequence[Any] = (),
-              pull_into: Any = None) -> list[Any]:
+              pull_into: Any = None, slot: int = 0) -> list[Any]:
         """Aggregate ``G[rows] * scale`` into every shard once the ``after`` events are reached;
-        with ``pull_into``, copy the new parameters there too (one graph per shard on a GPU)
-        and return the events a worker waits on before using them."""
+        with ``pull_into`` (a buffer on ``slot``), copy the new parameters there too (one graph
+        per shard on a GPU) and return the events a worker waits on before using them."""
         rows = tuple(int(j) for j in rows) if type(rows) is not tuple else rows
-        rows_dev = self.device.rows(rows)
         events = []
         for sh in self.shards:
+            rows_dev = self.device.rows(rows, sh.slot)
             for ev in after:
                 sh.stream.wait_event(ev)
             sh.step += 1
             if pull_into is None:
                 work = (self._kernels, sh, rows_dev, scale, False, sh.step)
             else:
-                work = (self._update_pull, sh, rows_dev, scale, sh.step, self._part(pull_into, sh))
+                work = (self._update_pull, sh, rows_dev, scale, sh.step, self._part(pull_into, sh), slot == sh.slot)
             if self.replayable:
                 key = ("update", sh.index, rows, scale, None if pull_into is None else id(pull_into))
                 self.graphs.launch(sh.stream, key, *work)
@@ -83,40 +119,103 @@ class ParamServer:
                 sh.stream.launch(*work)
             if pull_into is not None:
                 events.append(sh.stream.record())
-        self.updated = []  # recorded lazily, once, by the next aliased pull
+        self.updated = {}  # recorded lazily, once per slot, by the next pull into a home
         self.version += 1
         return events
 
-    def _update_pull(self, sh: Shard, rows: Any, scale: float, step: int, dst: Any) -> None:
-        if getattr(self.device.kernels, "FUSED_PULL", False) and not isinstance(self.rule, UserRule):
+    def _update_pull(self, sh: Shard, rows: Any, scale: float, step: int, dst: Any, near: bool) -> None:
+        if near and getattr(self.device.kernels, "FUSED_PULL", False) and not isinstance(self.rule, UserRule):
             self._kernels(sh, rows, scale, False, step, pull=dst)  # one pass: update and copy
         else:
             self._kernels(sh, rows, scale, False, step)
             self.device.kernels.copy(dst, sh.w)
 
-    def pull(self, dst: Any) -> list[Any]:
-        """Copy the parameters into ``dst`` on the shards' streams; returns their events.
-        A worker whose replica *is* the parameters (BSP) only waits for the shards' updates."""
-        if dst is self.w:
-            if not self.updated:
-                self.updated = [sh.stream.record() for sh in self.shards]
-            return self.updated
+    def pull(self, dst: Any, slot: int = 0) -> list[Any]:
+        """Copy the parameters into ``dst`` (on ``slot``) on the shards' streams; returns their
+        events. Into a home's own ``w`` (BSP workers compute on it), the shards homed there
+        copy nothing and the others copy once per update."""
+        home = dst is self.homes[slot].w
+        if home and slot in self.updated:
+            return self.updated[slot]
         events = []
         copy = self.device.kernels.copy
         for sh in self.shards:
-            self.graphs.launch(sh.stream, ("pull", sh.index, id(dst)), copy, self._part(dst, sh), sh.w)
+            if not (home and sh.slot == slot):
+                self.graphs.launch(sh.stream, ("pull", sh.index, id(dst)), copy, self._part(dst, sh), sh.w)
             events.append(sh.stream.record())
+        if home:
+            self.updated[slot] = events
         return events
 
     def _part(self, flat: Any, sh: Shard) -> Any:
         """Shard sh's range of a flat buffer (the buffer itself when there is one shard)."""
         return flat if len(self.shards) == 1 else flat[sh.lo:sh.hi]
 
+    def sender(self, j: int) -> Callable[[], None] | None:
+        """Device work, for worker j's stream after its interval, that sends its push to the
+        shards homed on other slots (the ranges of ``G[j]`` and its skip flag); None when all
+        shards share its home."""
+        mine = self.homes[self.device.worker_slot(j)]
+        far = [sh for sh in self.shards if sh.home is not mine]
+        if not far:
+            return None
+        copy = self.device.kernels.copy
+
+        def send() -> None:
+            for sh in far:
+                copy(sh.G[j], mine.G[j, sh.lo:sh.hi])
+            for slot in {sh.slot for sh in far}:
+                copy(self.homes[slot].bad[0, j:j + 1], mine.bad[0, j:j + 1])
+        return send
+
+    def copy_model(self, dst: Any) -> None:
+        """dst[...] = the current parameters, on the caller's stream, unordered (HOGWILD)."""
+        copy = self.device.kernels.copy
+        if len(self.homes) == 1:
+            copy(dst, self.w)
+            return
+        for sh in self.shards:
+            copy(dst[sh.lo:sh.hi], sh.w)
+
+    def model(self) -> Any:
+        """The parameters as one flat array on slot 0 (the other homes' ranges gathered in);
+        call with the streams idle (after a barrier)."""
+        far = [sh for sh in self.shards if sh.slot != 0]
+        if far:
+            with self.device.on(0):
+                for sh in far:
+                    self.device.kernels.copy(self.w[sh.lo:sh.hi], sh.w)
+            self.device.synchronize()
+        return self.w
+
+    def flags(self) -> np.ndarray:
+        """The (3, k) non-finite flags on the host; column j from worker j's home."""
+        if len(self.homes) == 1:
+            return self.device.to_host(self.bad)
+        host = {slot: self.device.to_host(h.bad) for slot, h in self.homes.items()}
+        return np.stack([host[self.device.worker_slot(j)][:, j] for j in range(self.k)], axis=1)
+
     # -- worker side (HOGWILD): the worker's stream, no ordering, no lock ----------------------
     def push_unlocked(self, rows: Any, scale: float) -> None:
         """The device work of a HOGWILD push (bookkeeping in :meth:`count_unlocked`)."""
         for sh in self.shards:
             self._kernels(sh, rows, scale, True, sh.step + 1)
+
+    def push_from(self, j: int, scale: float, after: Any) -> list[Any]:
+        """HOGWILD on several GPUs: worker j's push (sent to the shards' homes), applied to every
+        shard once ``after`` is reached, each from a stream of j's own on the shard's device:
+        unordered with the other workers' pushes, as on one GPU. Returns their events (j waits
+        on them before it writes its next push)."""
+        events = []
+        for sh in self.shards:
+            stream = self._streams.get((j, sh.index))
+            if stream is None:
+                stream = self._streams[(j, sh.index)] = self.device.server_stream(sh.index)
+            if after is not None:
+                stream.wait_event(after)
+            stream.launch(self._kernels, sh, self.device.rows((j,), sh.slot), scale, True, sh.step + 1)
+            events.append(stream.record())
+        return events
 
     def count_unlocked(self) -> None:
         for sh in self.shards:
@@ -135,7 +234,7 @@ class ParamServer:
         """The shard's update; ``pull=dst`` (kernels with FUSED_PULL) writes the result to dst too."""
         G, w = sh.G, sh.w
         kernels = self.device.kernels
-        bad = self.bad[0]
+        bad = sh.home.bad[0]
         if self.push == "model":  # payloads are model deltas: w += scale * sum(deltas)
             kernels.UPDATES["sgd"][1 if serial else 0](G, rows, bad, w.dtype.type(scale), w, w.dtype.type(-1.0),
                                                        **pull)
@@ -151,7 +250,7 @@ class ParamServer:
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         to_host = self.device.to_host
-        out: dict[str, Any] = {"w": to_host(self.w), "version": self.version, "bad": to_host(self.bad)}
+        out: dict[str, Any] = {"w": to_host(self.model()), "version": self.version, "bad": self.flags()}
         for sh in self.shards:
             out[f"shard{sh.index}.step"] = sh.step
             for slot, arr in sh.state.items():
@@ -159,9 +258,11 @@ class ParamServer:
         return out
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.w[...] = self.device.place(d["w"])
+        for home in self.homes.values():
+            with self.device.on(home.slot):
+                home.w[...] = self.device.place(d["w"], home.slot)
+                home.bad[...] = self.device.place(d["bad"], home.slot)
         self.version = int(d["version"])
-        self.bad[...] = self.device.place(d["bad"])
         for sh in self.shards:
             sh.step = int(d[f"shard{sh.index}.step"])
             for slot in list(sh.state):
@@ -169,4 +270,5 @@ class ParamServer:
                 if slot == "user":
                     sh.state[slot] = val
                 else:
-                    sh.state[slot][...] = self.device.place(val)
+                    with self.device.on(sh.slot):
+                        sh.state[slot][...] = self.device.place(val, sh.slot)

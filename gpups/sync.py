@@ -169,9 +169,11 @@ class Hogwild:
     name = "hogwild"
 
     def run_epoch(self, run: Any, epoch: int) -> None:
-        for w, plan in zip(run.workers, run.plans()):
-            for nsteps in plan:
-                w.stream.launch(run.hogwild_interval, w, nsteps, epoch)
+        plans = run.plans()
+        for r in range(max(len(p) for p in plans)):  # interleaved: no worker's queue goes first
+            for w, plan in zip(run.workers, plans):
+                if r < len(plan):
+                    w.stream.launch(run.hogwild_interval, w, plan[r], epoch)
 
 
 def make_policy(utype: str, staleness: int, backup_workers: int) -> Any:

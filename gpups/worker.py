@@ -51,6 +51,7 @@ class Accounts:
     batchsize: int
     batches: int
     cursor: int
+    slot: int = 0  # the device slot it runs on (a GPU list has several)
     loss_dev: Any = None
 
     def plan(self, freq: str, nbatches: int) -> list[int]:
@@ -92,29 +93,9 @@ class Worker(Accounts):
         self.upd, self.hp, self.rule, self.push = upd, hp, rule, push
         self.wants_out = accepts_out(upd)
         self.check_finite = check_finite
-        xp = device.xp
-        ys = labels[rows]
-        if ys.dtype.kind in "iub":
-            ys = ys.astype(np.int64) if isinstance(ys, np.ndarray) else ys.astype(xp.int64)
-        self.X = device.place(features[rows], j)  # the partition moves to the worker's device once
-        self.y = device.place(ys, j)
-        self.n, self.batchsize = len(rows), batchsize
-        self.batches = math.ceil(self.n / batchsize)
-        self.stream = device.worker_stream(j, concurrent)
-        # alias: compute on the server's parameters directly (BSP, HOGWILD; one step per push)
-        self.replica = server.w if alias else xp.empty_like(server.w)
-        self.params = layout.views(self.replica)
-        self.payload = server.G[j]
-        self.grad = xp.empty_like(server.w)
-        self.grad_views = layout.views(self.grad)
-        self.payload_views = layout.views(self.payload)
-        self.base = xp.empty_like(server.w) if push == "model" else None
-        self.local_state = rule.init_state(xp, layout.size, server.w.dtype)
-        self.local_step = 0
-        self.one = device.rows([0])
-        self.nobad = xp.zeros(1, xp.int64)
-        self.counter = xp.zeros(1, xp.int64)   # batches done this epoch (device side for graphs)
-        self.loss_dev = xp.zeros((), xp.float64) if device.kind != "cpu" else None
+        self.slot = device.worker_slot(j)
+        with device.on(self.slot):
+            self._build(features, labels, rows, layout, server, rule, batchsize, push, alias, concurrent)
         self.graphs: Any = None  # GPU: the interval graphs, set up by the run (gpu.IntervalGraphs)
         self.has_loss = False
         self.head: Callable | None = None  # device work before / after each interval (HOGWILD's
@@ -124,6 +105,36 @@ class Worker(Accounts):
         self.pulled = 0      # server version of the last pull (staleness is counted from it)
         self.where = ""      # for error messages: epoch and batch being run
         self.reset_stats()
+
+    def _build(self, features: Any, labels: Any, rows: np.ndarray, layout: Layout, server: Any, rule: Any,
+               batchsize: int, push: str, alias: bool, concurrent: bool) -> None:
+        """The worker's device state, on its slot's device (see __init__)."""
+        device, j, xp = self.device, self.j, self.device.xp
+        home = server.home(self.slot)
+        ys = labels[rows]
+        if ys.dtype.kind in "iub":
+            ys = ys.astype(np.int64) if isinstance(ys, np.ndarray) else ys.astype(xp.int64)
+        self.X = device.place(features[rows], self.slot)  # the partition moves to the worker's device once
+        self.y = device.place(ys, self.slot)
+        self.n, self.batchsize = len(rows), batchsize
+        self.batches = math.ceil(self.n / batchsize)
+        self.stream = device.worker_stream(j, concurrent)
+        # alias: compute on the home's parameters directly (BSP, HOGWILD; one step per push)
+        self.replica = home.w if alias else xp.empty_like(home.w)
+        self.params = layout.views(self.replica)
+        self.payload = home.G[j]
+        self.bad = home.bad   # non-finite flags (row 0: skip this push; see server.Home)
+        self.send = server.sender(j)  # device work sending the push to shards on other devices
+        self.grad = xp.empty_like(home.w)
+        self.grad_views = layout.views(self.grad)
+        self.payload_views = layout.views(self.payload)
+        self.base = xp.empty_like(home.w) if push == "model" else None
+        self.local_state = rule.init_state(xp, layout.size, home.w.dtype)
+        self.local_step = 0
+        self.one = device.rows([0], self.slot)
+        self.nobad = xp.zeros(1, xp.int64)
+        self.counter = xp.zeros(1, xp.int64)   # batches done this epoch (device side for graphs)
+        self.loss_dev = xp.zeros((), xp.float64) if device.kind != "cpu" else None
 
     def start_epoch(self) -> None:
         """On the worker's stream: the batch counter and the device loss sum back to 0."""
@@ -136,7 +147,7 @@ class Worker(Accounts):
         self.base[...] = self.replica
 
     def run(self, nsteps: int, epoch: int) -> None:
-        """``nsteps`` local steps, leaving the payload in ``server.G[j]`` (host bookkeeping here,
+        """``nsteps`` local steps, leaving the payload in its home's ``G[j]`` (host bookkeeping here,
         device work in :meth:`interval`, eagerly or as a CUDA graph replay)."""
         full = (self.cursor + nsteps) * self.batchsize <= self.n
         b0 = self.account(nsteps, epoch)
@@ -153,7 +164,7 @@ class Worker(Accounts):
         if self.head is not None:
             self.head()
         if self.check_finite and graph is None:  # (a graph's batch gather clears it)
-            self.server.bad[0, self.j] = 0
+            self.bad[0, self.j] = 0
         for s in range(nsteps):
             b = b0 + s
             self.where = f"epoch {self.epoch + 1}, batch {b + 1}"
@@ -172,7 +183,9 @@ class Worker(Accounts):
         if not push_grads:
             self.device.xp.subtract(self.replica, self.base, out=self.payload)
         if self.check_finite:
-            self.device.kernels.flag_nonfinite(self.payload, self.server.bad, self.j, self.counter)
+            self.device.kernels.flag_nonfinite(self.payload, self.bad, self.j, self.counter)
+        if self.send is not None:
+            self.send()
         if self.tail is not None:
             self.tail()
 
@@ -219,11 +232,12 @@ class Worker(Accounts):
             if slot == "user":
                 self.local_state[slot] = val
             else:
-                self.local_state[slot][...] = self.device.place(val)
+                with self.device.on(self.slot):
+                    self.local_state[slot][...] = self.device.place(val, self.slot)
 
     def pull_unlocked(self) -> None:
         """HOGWILD's pull, on the worker's own stream (with push='model', also the base the
         model's change is measured from)."""
-        self.device.kernels.copy(self.replica, self.server.w)
+        self.server.copy_model(self.replica)
         if self.base is not None:
             self.device.kernels.copy(self.base, self.replica)

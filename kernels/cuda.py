@@ -82,7 +82,8 @@ def flag_nonfinite(x: Any, bad: Any, j: int, stamp: Any) -> None:
 
 
 def copy(dst: Any, src: Any) -> None:
-    """dst[...] = src for contiguous device arrays: one async memcpy on the current stream."""
+    """dst[...] = src for contiguous device arrays, on one GPU or across two (unified
+    addressing): one async memcpy on the current stream."""
     cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, src.nbytes,
-                                cp.cuda.runtime.memcpyDeviceToDevice, cp.cuda.get_current_stream().ptr)
+                                cp.cuda.runtime.memcpyDefault, cp.cuda.get_current_stream().ptr)
 

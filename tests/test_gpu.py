@@ -196,6 +196,71 @@ def test_worker_error_on_gpu_is_named():
                         device="cuda")
 
 
+SLOTS2, SLOTS3 = ["cuda:0", "cuda:0"], ["cuda:0"] * 3  # device slots on the one GPU: the copies
+# between slots' buffers run as across GPUs (peer memcpy on the same device)
+
+
+@pytest.mark.parametrize("servers", [1, 2, 3])
+@pytest.mark.parametrize("freq,push,agg", [("BATCH", "gradients", "momentum"), ("NBATCHES", "gradients", "adam"),
+                                           ("EPOCH", "model", "sgd")])
+def test_bsp_over_device_slots_equals_one_gpu(servers, freq, push, agg):
+    net = MLP([64, 32, 10])
+    X, y = data(480)
+    kw = dict(upd=net.gradients, agg=agg, freq=freq, push=push, nbatches=3 if freq == "NBATCHES" else 1, k=3,
+              servers=servers, batchsize=16, epochs=2, hyperparams={"lr": 0.01}, progress=False)
+    one = gpups.paramserv(net.init(0, dtype=np.float64), X, y, device="cuda", **kw)
+    for dev in (SLOTS2, SLOTS3):
+        placed = gpups.paramserv(net.init(0, dtype=np.float64), X, y, device=dev, **kw)
+        assert placed.device.startswith("cuda:0, cuda:0")
+        assert placed.graphs > 0 or agg == "adam"
+        for name in one.model:
+            np.testing.assert_array_equal(placed.model[name], one.model[name], err_msg=f"{dev} {name}")
+
+
+@pytest.mark.parametrize("utype", ["ASP", "SSP", "SBP", "HOGWILD"])
+def test_one_worker_far_from_its_shards_equals_one_gpu(utype):
+    """k=1 on slot 0, shard 1 on slot 1: pushes sent, pulls copied, deterministic in every mode."""
+    net = MLP([64, 32, 10])
+    X, y = data(480)
+    kw = dict(upd=net.gradients, agg="momentum", utype=utype, k=1, servers=2, batchsize=16, epochs=2,
+              hyperparams={"lr": 0.05}, progress=False)
+    one = gpups.paramserv(net.init(0, dtype=np.float64), X, y, device="cuda", **kw)
+    placed = gpups.paramserv(net.init(0, dtype=np.float64), X, y, device=SLOTS2, **kw)
+    for name in one.model:
+        np.testing.assert_array_equal(placed.model[name], one.model[name], err_msg=name)
+
+
+@pytest.mark.parametrize("utype", ["BSP", "ASP", "SSP", "SBP", "HOGWILD"])
+def test_every_utype_trains_over_device_slots(utype):
+    d = datasets.digits()
+    net = MLP([64, 64, 10])
+    kw = {"staleness": 2} if utype == "SSP" else {"backup_workers": 1} if utype == "SBP" else {}
+    res = gpups.paramserv(net.init(0), d.X, d.y, upd=net.gradients, agg="momentum", utype=utype, k=4,
+                          servers=2, epochs=5, batchsize=32, hyperparams={"lr": 0.05}, val_features=d.Xv,
+                          val_labels=d.yv, progress=False, device=SLOTS3, **kw)
+    assert res.history[-1]["val_accuracy"] >= 0.85, res.history[-1]
+    assert res.graphs > 0 or utype == "SBP"
+
+
+def test_two_gpus_equal_one():
+    """Only where the machine has two GPUs (the lent ones have one)."""
+    import cupy
+
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs")
+    net = MLP([64, 32, 10])
+    X, y = data(480)
+    kw = dict(upd=net.gradients, agg="momentum", k=4, servers=2, batchsize=16, epochs=2,
+              hyperparams={"lr": 0.05}, progress=False)
+    one = gpups.paramserv(net.init(0, dtype=np.float64), X, y, device="cuda", **kw)
+    two = gpups.paramserv(net.init(0, dtype=np.float64), X, y, device=["cuda:0", "cuda:1"], **kw)
+    for name in one.model:
+        np.testing.assert_array_equal(two.model[name], one.model[name], err_msg=name)
+    for utype in ["ASP", "HOGWILD"]:
+        res = gpups.paramserv(net.init(0), X, y, device=["cuda:0", "cuda:1"], **{**kw, "utype": utype})
+        assert np.isfinite(res.history[-1]["loss"])
+
+
 def test_bad_device_is_named():
     with pytest.raises(ValueError, match=r"device='cuda:99'.*GPU"):
         d = datasets.digits()

@@ -75,6 +75,13 @@ class _Mirror:
         self.G = {j: xp.zeros(size, dtype)}
         self.bad = xp.zeros((3, k), xp.int64)
 
+    def home(self, slot: int) -> "_Mirror":
+        return self  # (w, G, bad: a server.Home's fields)
+
+    @staticmethod
+    def sender(j: int) -> None:
+        return None  # the run sends the payload, through Ray
+
 
 class WorkerActor:
     """Worker j with its partition, shipped once. Each call runs one push interval from the

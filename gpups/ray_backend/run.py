@@ -110,7 +110,7 @@ class RemoteServer:
         return RayEvent(self.ray, ref, who, self.names, retry)
 
     def apply(self, rows: Sequence[int], scale: float, after: Sequence[Any] = (),
-              pull_into: Any = None) -> list[RayEvent]:
+              pull_into: Any = None, slot: int = 0) -> list[RayEvent]:
         rows = [int(j) for j in rows]
         statuses = [self.pending[j][0] for j in rows]
         self.current = [a.apply.remote(rows, scale, *statuses, *[self.pending[j][1][s] for j in rows])
@@ -118,7 +118,7 @@ class RemoteServer:
         self.version += 1
         return [] if pull_into is None else self.pull()
 
-    def pull(self, dst: Any = None) -> list[RayEvent]:
+    def pull(self, dst: Any = None, slot: int = 0) -> list[RayEvent]:
         """The shards' newest parameters: refs a worker's next call takes as arguments."""
         return [self.event(r, f"server shard {s}") for s, r in enumerate(self.current)]
 
@@ -127,6 +127,12 @@ class RemoteServer:
         if self.final is not None:  # the run is over (and Ray may be too)
             return self.final
         return np.concatenate([self._get(r, s) for s, r in enumerate(self.current)])
+
+    def model(self) -> np.ndarray:
+        return self.w
+
+    def flags(self) -> np.ndarray:
+        return self.bad
 
     def _get(self, ref: Any, s: int) -> Any:
         return self.event(ref, f"server shard {s}").synchronize()
