@@ -115,20 +115,39 @@ def profile(utype):
     R[f"profile_{utype}"] = "\n".join(line[:150] for line in text.splitlines()[6:26])
 
 
-def ab(reps=3):
-    """Same-run A/B of ASP k=8 with the update+pull fused into one kernel or not."""
-    from gpups.kernels import cuda
+def ab(reps=2):
+    """Same-run A/B of the speed knobs (each a module attribute), interleaved, BSP and ASP k=8;
+    "no_update" keeps BSP's barrier but skips the update kernel (what the update costs in situ)."""
+    from gpups import server
+    from gpups.kernels import cuda, cuda_nn
 
+    real = server.ParamServer._run_kernels
+    main = {k: R[k] for k in ("copy_TBps", "agg_momentum_TBps", "agg_fraction_of_copy") if k in R}
+    variants = {
+        "base": {},
+        "old_4096_16": {(cuda_nn, "COLSUM_ROWS"): 4096, (cuda, "BLOCKS_PER_SM"): 16},
+        "colsum_32": {(cuda_nn, "COLSUM_ROWS"): 32},
+        "bpsm_2": {(cuda, "BLOCKS_PER_SM"): 2},
+        "bpsm_8": {(cuda, "BLOCKS_PER_SM"): 8},
+        "no_update": {(server.ParamServer, "_run_kernels"): lambda *a, **k: None},
+    }
     for r in range(reps):
-        for fused in (True, False):
-            cuda.FUSED_PULL = fused
-            gpups_mlp("ASP", 8)
-            R.setdefault(f"ab_asp_fused_{fused}", []).append(R.pop("gpups_ASP_k8_samples_per_s"))
-        gpups_mlp("BSP", 8)
-        R.setdefault("ab_bsp", []).append(R.pop("gpups_BSP_k8_samples_per_s"))
-    cuda.FUSED_PULL = True
-    for key in [k for k in R if k.startswith("ab_")]:
-        log(f"{key:24} " + "  ".join(f"{v / 1e6:.3f}" for v in R[key]) + " M samples/s")
+        for name, knobs in variants.items():
+            old = {key: getattr(*key) for key in knobs}
+            for (obj, attr), val in knobs.items():
+                setattr(obj, attr, val)
+            try:
+                if r == 0 and name != "no_update":
+                    bandwidth()
+                    R[f"ab_agg_fraction_{name}"] = R["agg_fraction_of_copy"]
+                for utype in ("BSP", "ASP") if name != "no_update" else ("BSP",):
+                    gpups_mlp(utype, 8)
+                    R.setdefault(f"ab_{utype}_{name}", []).append(R.pop(f"gpups_{utype}_k8_samples_per_s"))
+            finally:
+                for (obj, attr), val in old.items():
+                    setattr(obj, attr, val)
+    server.ParamServer._run_kernels = real
+    R.update(main)
 
 
 def main():
@@ -137,7 +156,7 @@ def main():
     ap.add_argument("--test-timeout", type=int, default=240)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--profile", action="store_true", help="cProfile the host side of ASP and BSP")
-    ap.add_argument("--ab", action="store_true", help="only the A/B of ASP's fused update+pull")
+    ap.add_argument("--ab", action="store_true", help="also the A/B of the speed knobs (see ab())")
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     import cupy as cp
@@ -145,8 +164,6 @@ def main():
     R["gpu"] = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     R["cupy"], R["numpy"] = cp.__version__, np.__version__
     log("device", R["gpu"], "cupy", R["cupy"], "numpy", R["numpy"])
-    if args.ab:
-        return ab()
     if not args.skip_tests:
         run_tests(args.test_timeout)
         log("tests:", R["tests_summary"], f"({R['tests_seconds']} s)")
@@ -156,6 +173,8 @@ def main():
     steps.append(("torch", torch_loops))
     if not args.quick:
         steps.append(("gpups bench --gpu", bench_preset))
+    if args.ab:
+        steps.append(("A/B", ab))
     if args.profile:
         steps += [("profile ASP", lambda: profile("ASP")), ("profile BSP", lambda: profile("BSP"))]
     for name, fn in steps:
@@ -177,6 +196,9 @@ def main():
     for key in sorted(k for k in R if k.endswith("samples_per_s")):
         ratio = f"  {R[key] / te:6.1f}x torch eager" if te else ""
         log(f"{key:34} {R[key] / 1e6:10.3f} M{ratio}")
+    for key in sorted(k for k in R if k.startswith("ab_")):
+        vals = R[key] if isinstance(R[key], list) else [R[key] * 1e6]
+        log(f"{key:34} " + "  ".join(f"{v / 1e6:.3f}" for v in vals) + ("" if key.startswith("ab_agg") else " M"))
     for key in sorted(k for k in R if k.endswith("_graphs")):
         log(f"{key:34} {R[key]:10d}")
     if "bench_gpu_rc" in R:

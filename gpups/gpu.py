@@ -131,6 +131,8 @@ class CUDADevice:
             time.sleep(0)
 
     def place(self, array: Any, slot: int = 0) -> Any:
+        if isinstance(array, cp.ndarray) and array.device.id != self.ids[slot]:
+            array = cp.asnumpy(array)  # set-up only: through the host, no peer access needed
         with self.on(slot):
             return cp.ascontiguousarray(cp.asarray(array))
 

@@ -75,7 +75,10 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
         layout.flatten(model, init)
         if dev.kind == "cpu":  # CuPy inputs train on the CPU too when asked
             init, features, labels = host(init), host(features), host(labels)
-        xf, yl = features, labels
+        # features in the model's dtype (the GPU's GEMMs take one dtype; the CPU's would upcast)
+        xf, yl = (features if features.dtype == layout.dtype else features.astype(layout.dtype)), labels
+        if val_features is not None and val_features.dtype != layout.dtype:
+            val_features = val_features.astype(layout.dtype)
         dry_run(dev, layout, init, xf, yl, parts[0][: opts.batchsize], upd, opts.agg, hp)
         val = None
         if val_features is not None:

@@ -94,8 +94,9 @@ class Worker(Accounts):
         self.wants_out = accepts_out(upd)
         self.check_finite = check_finite
         self.slot = device.worker_slot(j)
+        xs, ys = features[rows], labels[rows]  # (where the data lies; placed on the slot below)
         with device.on(self.slot):
-            self._build(features, labels, rows, layout, server, rule, batchsize, push, alias, concurrent)
+            self._build(xs, ys, layout, server, rule, batchsize, push, alias, concurrent)
         self.graphs: Any = None  # GPU: the interval graphs, set up by the run (gpu.IntervalGraphs)
         self.has_loss = False
         self.head: Callable | None = None  # device work before / after each interval (HOGWILD's
@@ -106,17 +107,16 @@ class Worker(Accounts):
         self.where = ""      # for error messages: epoch and batch being run
         self.reset_stats()
 
-    def _build(self, features: Any, labels: Any, rows: np.ndarray, layout: Layout, server: Any, rule: Any,
+    def _build(self, xs: Any, ys: Any, layout: Layout, server: Any, rule: Any,
                batchsize: int, push: str, alias: bool, concurrent: bool) -> None:
         """The worker's device state, on its slot's device (see __init__)."""
         device, j, xp = self.device, self.j, self.device.xp
         home = server.home(self.slot)
-        ys = labels[rows]
-        if ys.dtype.kind in "iub":
-            ys = ys.astype(np.int64) if isinstance(ys, np.ndarray) else ys.astype(xp.int64)
-        self.X = device.place(features[rows], self.slot)  # the partition moves to the worker's device once
+        self.X = device.place(xs, self.slot)  # the partition moves to the worker's device once
         self.y = device.place(ys, self.slot)
-        self.n, self.batchsize = len(rows), batchsize
+        if self.y.dtype.kind in "iub":
+            self.y = self.y.astype(xp.int64, copy=False)
+        self.n, self.batchsize = len(xs), batchsize
         self.batches = math.ceil(self.n / batchsize)
         self.stream = device.worker_stream(j, concurrent)
         # alias: compute on the home's parameters directly (BSP, HOGWILD; one step per push)

@@ -84,6 +84,8 @@ def gemm(a: Any, b: Any, out: Any) -> Any:
     handle = _handles.get(key)
     if handle is None:
         handle = _handles[key] = _Handle(lib, stream.ptr)
+    if not (a.dtype == b.dtype == out.dtype) or out.dtype.type not in _ONE:
+        raise TypeError(f"gemm needs one float dtype; got {a.dtype} @ {b.dtype} -> {out.dtype}")
     A, ta = _operand(a)
     B, tb = _operand(b)
     if not out.flags.c_contiguous:

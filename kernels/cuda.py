@@ -37,9 +37,12 @@ def _sms() -> int:
     return cp.cuda.Device().attributes["MultiProcessorCount"]
 
 
+BLOCKS_PER_SM = 4  # grid cap of the element-wise kernels (A/B in benchmarks/gpu_check.py)
+
+
 def blocks(n: int) -> int:
     """Enough blocks to fill the device (grid-stride loops do the rest)."""
-    return max(1, min((int(n) + THREADS - 1) // THREADS, _sms() * 16))
+    return max(1, min((int(n) + THREADS - 1) // THREADS, _sms() * BLOCKS_PER_SM))
 
 
 _SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "adam": 2}

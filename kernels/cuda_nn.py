@@ -16,6 +16,9 @@ from . import cublas
 from .cuda import THREADS, blocks, function
 
 
+COLSUM_ROWS = 64  # rows per block of the column sums (more rows: a second pass adds the parts)
+
+
 class CudaOps:
     def __init__(self) -> None:
         self._scratch: dict[tuple, Any] = {}
@@ -38,9 +41,9 @@ class CudaOps:
 
     def colsum(self, d: Any, out: Any, scale: float = 1.0, h: Any = None, act: int = 4) -> None:
         """out = scale * column sums of d (rows, m); with ``h`` and ``act`` < 4, first
-        d *= act'(h) in the same pass. One kernel up to 4,096 rows, two beyond."""
+        d *= act'(h) in the same pass. One kernel up to COLSUM_ROWS rows, two beyond."""
         rows, m = d.shape
-        chunks = max(1, min(64, (rows + 4095) // 4096))
+        chunks = max(1, min(64, -(-rows // COLSUM_ROWS)))
         chunk = (rows + chunks - 1) // chunks
         T = d.dtype.type
         h = d if h is None else h

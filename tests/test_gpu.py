@@ -196,6 +196,20 @@ def test_worker_error_on_gpu_is_named():
                         device="cuda")
 
 
+def test_features_are_cast_to_the_model_dtype():
+    """float32 features, float64 model: trained in float64 on the GPU as on the CPU."""
+    net = MLP([64, 32, 10])
+    X, y = data(480)
+    assert X.dtype == np.float32
+    kw = dict(upd=net.gradients, agg="momentum", k=2, batchsize=16, epochs=2, hyperparams={"lr": 0.05},
+              progress=False)
+    cpu = gpups.paramserv(net.init(0, dtype=np.float64), X.astype(np.float64), y, device="cpu", **kw)
+    gpu = gpups.paramserv(net.init(0, dtype=np.float64), X, y, device="cuda", **kw)
+    for name in cpu.model:
+        assert gpu.model[name].dtype == np.float64
+        np.testing.assert_allclose(gpu.model[name], cpu.model[name], rtol=1e-9, atol=1e-12)
+
+
 SLOTS2, SLOTS3 = ["cuda:0", "cuda:0"], ["cuda:0"] * 3  # device slots on the one GPU: the copies
 # between slots' buffers run as across GPUs (peer memcpy on the same device)
 
@@ -206,6 +220,7 @@ SLOTS2, SLOTS3 = ["cuda:0", "cuda:0"], ["cuda:0"] * 3  # device slots on the one
 def test_bsp_over_device_slots_equals_one_gpu(servers, freq, push, agg):
     net = MLP([64, 32, 10])
     X, y = data(480)
+    X = X.astype(np.float64)
     kw = dict(upd=net.gradients, agg=agg, freq=freq, push=push, nbatches=3 if freq == "NBATCHES" else 1, k=3,
               servers=servers, batchsize=16, epochs=2, hyperparams={"lr": 0.01}, progress=False)
     one = gpups.paramserv(net.init(0, dtype=np.float64), X, y, device="cuda", **kw)
@@ -222,6 +237,7 @@ def test_one_worker_far_from_its_shards_equals_one_gpu(utype):
     """k=1 on slot 0, shard 1 on slot 1: pushes sent, pulls copied, deterministic in every mode."""
     net = MLP([64, 32, 10])
     X, y = data(480)
+    X = X.astype(np.float64)
     kw = dict(upd=net.gradients, agg="momentum", utype=utype, k=1, servers=2, batchsize=16, epochs=2,
               hyperparams={"lr": 0.05}, progress=False)
     one = gpups.paramserv(net.init(0, dtype=np.float64), X, y, device="cuda", **kw)
@@ -250,6 +266,7 @@ def test_two_gpus_equal_one():
         pytest.skip("needs two GPUs")
     net = MLP([64, 32, 10])
     X, y = data(480)
+    X = X.astype(np.float64)
     kw = dict(upd=net.gradients, agg="momentum", k=4, servers=2, batchsize=16, epochs=2,
               hyperparams={"lr": 0.05}, progress=False)
     one = gpups.paramserv(net.init(0, dtype=np.float64), X, y, device="cuda", **kw)
