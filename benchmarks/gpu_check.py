@@ -58,7 +58,7 @@ def bandwidth():
     R["agg_fraction_of_copy"] = agg["aggregation_fraction_of_copy"]
 
 
-def gpups_mlp(utype, k, epochs=3, rounds=400):
+def gpups_mlp(utype, k, epochs=3, rounds=400, device="cuda", tag=""):
     import cupy as cp
 
     import gpups
@@ -72,11 +72,11 @@ def gpups_mlp(utype, k, epochs=3, rounds=400):
     net = MLP([784, 512, 512, 10])
     res = gpups.paramserv(net.init(0, device="cuda"), X, y, upd=net.gradients, agg="momentum", utype=utype,
                           k=k, batchsize=bs, epochs=epochs, hyperparams={"lr": 0.01, "momentum": 0.9},
-                          progress=False, device="cuda")
+                          progress=False, device=device)
     rates = [r["samples_per_s"] for r in res.history[1:]]
-    R[f"gpups_{utype}_k{k}_samples_per_s"] = max(rates)
-    R[f"gpups_{utype}_k{k}_graphs"] = res.graphs
-    R[f"gpups_{utype}_k{k}_final_loss"] = res.history[-1]["loss"]
+    R[f"gpups_{utype}_k{k}{tag}_samples_per_s"] = max(rates)
+    R[f"gpups_{utype}_k{k}{tag}_graphs"] = res.graphs
+    R[f"gpups_{utype}_k{k}{tag}_final_loss"] = res.history[-1]["loss"]
     del X, y
 
 
@@ -115,20 +115,20 @@ def profile(utype):
     R[f"profile_{utype}"] = "\n".join(line[:150] for line in text.splitlines()[6:26])
 
 
-def ab(reps=2):
+def ab(reps=3):
     """Same-run A/B of the speed knobs (each a module attribute), interleaved, BSP and ASP k=8;
     "no_update" keeps BSP's barrier but skips the update kernel (what the update costs in situ)."""
     from gpups import server
     from gpups.kernels import cuda, cuda_nn
 
     real = server.ParamServer._run_kernels
-    main = {k: R[k] for k in ("copy_TBps", "agg_momentum_TBps", "agg_fraction_of_copy") if k in R}
+    main = {k: R[k] for k in ("copy_TBps", "agg_momentum_TBps", "agg_fraction_of_copy",
+                              "gpups_BSP_k8_samples_per_s", "gpups_ASP_k8_samples_per_s") if k in R}
     variants = {
         "base": {},
-        "old_4096_16": {(cuda_nn, "COLSUM_ROWS"): 4096, (cuda, "BLOCKS_PER_SM"): 16},
-        "colsum_32": {(cuda_nn, "COLSUM_ROWS"): 32},
-        "bpsm_2": {(cuda, "BLOCKS_PER_SM"): 2},
-        "bpsm_8": {(cuda, "BLOCKS_PER_SM"): 8},
+        "per_thread_1": {(cuda, "PER_THREAD"): 1},
+        "colsum_64": {(cuda_nn, "COLSUM_ROWS"): 64},
+        "old": {(cuda_nn, "COLSUM_ROWS"): 4096, (cuda, "PER_THREAD"): 1},
         "no_update": {(server.ParamServer, "_run_kernels"): lambda *a, **k: None},
     }
     for r in range(reps):
@@ -170,6 +170,10 @@ def main():
     steps = [("bandwidth", bandwidth)]
     for utype, k in [("BSP", 1), ("BSP", 8), ("ASP", 8), ("HOGWILD", 8), ("BSP", 16)]:
         steps.append((f"gpups {utype} k={k}", lambda u=utype, kk=k: gpups_mlp(u, kk)))
+    # device slots on the one GPU: the cost of the copies a GPU list makes (not a two-GPU figure)
+    for utype in ("BSP", "ASP"):
+        steps.append((f"gpups {utype} k=8, 2 slots", lambda u=utype: gpups_mlp(u, 8, device=["cuda:0"] * 2,
+                                                                            tag="_2slots")))
     steps.append(("torch", torch_loops))
     if not args.quick:
         steps.append(("gpups bench --gpu", bench_preset))

@@ -16,7 +16,7 @@ from . import cublas
 from .cuda import THREADS, blocks, function
 
 
-COLSUM_ROWS = 64  # rows per block of the column sums (more rows: a second pass adds the parts)
+COLSUM_ROWS = 32  # rows per block of the column sums (more rows: a second pass adds the parts)
 
 
 class CudaOps:
