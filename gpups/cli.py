@@ -36,7 +36,8 @@ def train_parser(sub: Any) -> None:
     p.add_argument("--k", type=int, default=2, help="workers")
     p.add_argument("--servers", type=int, default=1, help="server shards")
     p.add_argument("--scheme", default="disjoint_contiguous")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N, or several GPUs as a comma list: cuda:0,cuda:1")
     p.add_argument("--backend", default="local", help="'local' or 'ray' (workers and shards as Ray actors)")
     p.add_argument("--ray-address", default=None,
                    help="backend=ray: 'auto' or host:port of a running cluster (default: start a local one)")
@@ -71,7 +72,7 @@ def train(args: Any) -> dict[str, Any]:
         freq=args.freq, nbatches=args.nbatches, push=args.push, staleness=args.staleness,
         backup_workers=args.backup_workers, epochs=args.epochs, batchsize=args.batchsize, k=args.k,
         servers=args.servers, scheme=args.scheme, hyperparams=hp, val_features=Xv, val_labels=yv,
-        evaluate=net.evaluate, device=args.device, backend=args.backend, ray_address=args.ray_address,
+        evaluate=net.evaluate, device=args.device.split(",") if "," in args.device else args.device, backend=args.backend, ray_address=args.ray_address,
         checkpoint=args.checkpoint,
         resume=args.resume, seed=args.seed, progress=not args.quiet, nonfinite=args.nonfinite)
     wall = time.perf_counter() - t0

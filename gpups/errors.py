@@ -16,5 +16,7 @@ def option_error(option: str, given: Any, allowed: str | Iterable[Any]) -> Value
     """``ValueError`` naming the option, the value given and the values allowed."""
     if not isinstance(allowed, str):
         allowed = "one of " + ", ".join(repr(a) for a in allowed)
-    shown = given if isinstance(given, (int, float, str, bool, type(None))) else type(given).__name__
+    scalar = (int, float, str, bool, type(None))
+    short = isinstance(given, (list, tuple)) and len(given) <= 16 and all(isinstance(g, scalar) for g in given)
+    shown = given if isinstance(given, scalar) or short else type(given).__name__
     return ValueError(f"{option}={shown!r} is not allowed: expected {allowed}")

@@ -81,6 +81,9 @@ def test_gpups_train_reports_bad_options_without_a_traceback(tmp_path, capsys):
     rc = cli.main(["train", "--data", "digits", "--utype", "bogus", "--out", str(tmp_path)])
     assert rc == 2
     assert "utype='bogus' is not allowed" in capsys.readouterr().err
+    rc = cli.main(["train", "--data", "digits", "--device", "cuda:0,cpu", "--out", str(tmp_path)])
+    assert rc == 2  # a comma list is a device list
+    assert "device=['cuda:0', 'cpu'] is not allowed" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("script,args", [("quickstart.py", []), ("custom_upd_agg.py", []),
