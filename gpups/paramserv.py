@@ -46,7 +46,9 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
     mode (``BSP``, ``ASP``, ``SSP``, ``SBP``, ``HOGWILD``), ``freq`` how often workers push
     (``BATCH``, ``NBATCHES``, ``EPOCH``). A push holding NaN or Inf is never applied; with
     ``nonfinite="raise"`` the run stops naming the worker and batch, with ``"skip"`` it goes on and
-    counts it. ``backend="ray"`` runs the shards and workers as Ray actors (a local Ray instance,
+    counts it. ``device`` is ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or a list of GPUs (worker j on
+    ``device[j % len]``, shard s on ``device[s % len]``); features are cast to the model's dtype.
+    ``backend="ray"`` runs the shards and workers as Ray actors (a local Ray instance,
     or the cluster at ``ray_address``). Inputs are never mutated. See README.md for every option.
     """
     opts = validate(model, features, labels, upd=upd, agg=agg, utype=utype, freq=freq, epochs=epochs,
