@@ -169,10 +169,17 @@ class Run:
         return {f"val_{k}": float(v) for k, v in check_metrics(out).items()}
 
     def cancel(self) -> None:
+        """Stop the streams after a failure; on a GPU, let the work already queued finish before
+        the run's buffers go back to the memory pool (a later allocation could get them while
+        a kernel still writes there)."""
         for w in self.workers:
             cancel = getattr(w.stream, "cancel", None)
             if cancel:
                 cancel()
+        try:
+            self.device.synchronize()
+        except Exception:  # a device fault: the error being raised says more
+            pass
 
     def close(self) -> None:
         for w in self.workers:

@@ -140,3 +140,19 @@ def test_uneven_partitions_finish_every_batch(blobs, utype):
     res = ps(small_net().init(0, dtype=np.float64), X, y, utype=utype, k=4, batchsize=7)
     rec = res.history[0]
     assert rec["samples"] == 241 and rec["pushes"] == [9, 9, 9, 9]
+
+
+def test_features_are_cast_to_the_model_dtype(blobs):
+    """float32 features with a float64 model train as their float64 values would (and the other
+    way round, in float32)."""
+    X, y = blobs
+    X32 = X.astype(np.float32)
+    params = small_net().init(0, dtype=np.float64)
+    a = ps(params, X32, y, k=2, batchsize=10)
+    b = ps(params, X32.astype(np.float64), y, k=2, batchsize=10)
+    assert_models_close(a.model, b.model, rtol=0, atol=0)
+    p32 = small_net().init(0, dtype=np.float32)
+    c = ps(p32, X, y, k=2, batchsize=10)
+    d = ps(p32, X32, y, k=2, batchsize=10)
+    assert all(v.dtype == np.float32 for v in c.model.values())
+    assert_models_close(c.model, d.model, rtol=0, atol=0)
