@@ -72,7 +72,8 @@ def train(args: Any) -> dict[str, Any]:
         freq=args.freq, nbatches=args.nbatches, push=args.push, staleness=args.staleness,
         backup_workers=args.backup_workers, epochs=args.epochs, batchsize=args.batchsize, k=args.k,
         servers=args.servers, scheme=args.scheme, hyperparams=hp, val_features=Xv, val_labels=yv,
-        evaluate=net.evaluate, device=args.device.split(",") if "," in args.device else args.device, backend=args.backend, ray_address=args.ray_address,
+        evaluate=net.evaluate, device=args.device.split(",") if "," in args.device else args.device,
+        backend=args.backend, ray_address=args.ray_address,
         checkpoint=args.checkpoint,
         resume=args.resume, seed=args.seed, progress=not args.quiet, nonfinite=args.nonfinite)
     wall = time.perf_counter() - t0

@@ -143,14 +143,19 @@ def test_graph_replay_equals_eager(monkeypatch, utype, freq, push):
     assert graphed.history[-1]["loss"] == pytest.approx(eager.history[-1]["loss"], rel=1e-6)
 
 
+SLOTS2, SLOTS3 = ["cuda:0", "cuda:0"], ["cuda:0"] * 3  # device slots on the one GPU: the copies
+# between slots' buffers run as across GPUs (peer memcpy on the same device)
+
+
+@pytest.mark.parametrize("device,servers", [("cuda", 1), (SLOTS3, 2)], ids=["one-gpu", "3-slots"])
 @pytest.mark.parametrize("utype", ["BSP", "ASP", "SSP", "SBP", "HOGWILD"])
-def test_every_utype_trains_on_gpu(utype):
+def test_every_utype_trains_on_gpu(utype, device, servers):
     d = datasets.digits()
     net = MLP([64, 64, 10])
     kw = {"staleness": 2} if utype == "SSP" else {"backup_workers": 1} if utype == "SBP" else {}
     res = gpups.paramserv(net.init(0), d.X, d.y, upd=net.gradients, agg="momentum", utype=utype, k=4,
-                          epochs=5, batchsize=32, hyperparams={"lr": 0.05}, val_features=d.Xv,
-                          val_labels=d.yv, progress=False, device="cuda", **kw)
+                          servers=servers, epochs=5, batchsize=32, hyperparams={"lr": 0.05}, val_features=d.Xv,
+                          val_labels=d.yv, progress=False, device=device, **kw)
     assert res.history[-1]["val_accuracy"] >= 0.85, res.history[-1]
     assert res.graphs > 0 or utype == "SBP"
 
@@ -210,10 +215,6 @@ def test_features_are_cast_to_the_model_dtype():
         np.testing.assert_allclose(gpu.model[name], cpu.model[name], rtol=1e-9, atol=1e-12)
 
 
-SLOTS2, SLOTS3 = ["cuda:0", "cuda:0"], ["cuda:0"] * 3  # device slots on the one GPU: the copies
-# between slots' buffers run as across GPUs (peer memcpy on the same device)
-
-
 @pytest.mark.parametrize("servers", [1, 2, 3])
 @pytest.mark.parametrize("freq,push,agg", [("BATCH", "gradients", "momentum"), ("NBATCHES", "gradients", "adam"),
                                            ("EPOCH", "model", "sgd")])
@@ -244,18 +245,6 @@ def test_one_worker_far_from_its_shards_equals_one_gpu(utype):
     placed = gpups.paramserv(net.init(0, dtype=np.float64), X, y, device=SLOTS2, **kw)
     for name in one.model:
         np.testing.assert_array_equal(placed.model[name], one.model[name], err_msg=name)
-
-
-@pytest.mark.parametrize("utype", ["BSP", "ASP", "SSP", "SBP", "HOGWILD"])
-def test_every_utype_trains_over_device_slots(utype):
-    d = datasets.digits()
-    net = MLP([64, 64, 10])
-    kw = {"staleness": 2} if utype == "SSP" else {"backup_workers": 1} if utype == "SBP" else {}
-    res = gpups.paramserv(net.init(0), d.X, d.y, upd=net.gradients, agg="momentum", utype=utype, k=4,
-                          servers=2, epochs=5, batchsize=32, hyperparams={"lr": 0.05}, val_features=d.Xv,
-                          val_labels=d.yv, progress=False, device=SLOTS3, **kw)
-    assert res.history[-1]["val_accuracy"] >= 0.85, res.history[-1]
-    assert res.graphs > 0 or utype == "SBP"
 
 
 def test_two_gpus_equal_one():
