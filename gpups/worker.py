@@ -10,8 +10,8 @@ payload in the worker's row of the server's push buffer:
 - ``push="model"``: every step updates the replica locally; the payload is the replica's change
   since its pull (the server adds the mean change: model averaging).
 
-Each payload is checked for NaN/Inf (its home's flags, ``server.Home.bad``): a flagged push is skipped by the server's
-kernels and reported by the scheduler. On a GPU, full-batch steps of built-in models replay a
+Each payload is checked for NaN/Inf (the flags of its device's ``server.Home``): a flagged push
+is skipped by the server's kernels and reported by the scheduler. On a GPU, full-batch steps of built-in models replay a
 CUDA graph (:mod:`gpups.gpu`) that gathers the batch by a device-side counter.
 """
 from __future__ import annotations
