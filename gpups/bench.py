@@ -447,12 +447,21 @@ def bench_parser(sub: Any) -> None:
 
 
 def grid(args: Any) -> list[Scenario]:
+    """The scenarios of a grid, every spec checked before the first one runs."""
+    from .cli import ints
+    from .datasets import parse_spec
+    from .models import check_spec
+
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
-    return [Scenario(model=m, data=d, utype=u, freq=f, k=int(k), servers=int(s), batchsize=int(b),
+    for m in split(args.models):
+        check_spec(m)
+    for d in split(args.data):
+        parse_spec(d)
+    return [Scenario(model=m, data=d, utype=u, freq=f, k=k, servers=s, batchsize=b,
                      device=args.device, epochs=args.epochs, target=args.target)
             for m in split(args.models) for d in split(args.data) for u in split(args.utypes)
-            for f in split(args.freqs) for k in split(args.k) for s in split(args.servers)
-            for b in split(args.batch)]
+            for f in split(args.freqs) for k in ints("--k", args.k) for s in ints("--servers", args.servers)
+            for b in ints("--batch", args.batch)]
 
 
 def main(args: Any) -> dict[str, Any] | None:

@@ -50,14 +50,27 @@ def train_parser(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def ints(flag: str, text: str, lo: int = 1) -> list[int]:
+    """A comma list of integers >= lo, or a ``ValueError`` naming the flag."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts or not all(p.lstrip("-").isdigit() and int(p) >= lo for p in parts):
+        raise ValueError(f"{flag} {text!r} is not allowed: expected integers >= {lo}, comma separated (e.g. 200,100)")
+    return [int(p) for p in parts]
+
+
 def train(args: Any) -> dict[str, Any]:
     import gpups
 
     from . import datasets, models
+    from .options import writable_folder
 
+    hidden = ints("--hidden", args.hidden)
+    if args.samples < 2:
+        raise ValueError(f"--samples {args.samples} is not allowed: expected at least 2 rows")
+    writable_folder("--out", args.out)  # before any work, not after training
     data = datasets.from_spec(args.data, image=args.model == "lenet", seed=args.seed, folder=args.data_dir,
                               n=args.samples)
-    net = models.for_data(args.model, data, [int(h) for h in args.hidden.split(",") if h])
+    net = models.for_data(args.model, data, hidden)
     dtype = np.dtype(args.dtype)
     X, Xv = data.X.astype(dtype, copy=False), data.Xv.astype(dtype, copy=False)
     y, yv = data.y, data.yv
@@ -136,8 +149,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ImportError, FileNotFoundError) as exc:
         print(f"gpups {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"gpups {args.command}: {interrupted(exc, args)}", file=sys.stderr)
+        return 130
     return 0
 
+
+def interrupted(exc: KeyboardInterrupt, args: Any) -> str:
+    """One line for Ctrl-C: how far the run got and where its newest checkpoint is."""
+    folder = getattr(args, "checkpoint", None)
+    if folder:
+        from . import checkpoint as ckpt
+
+        files = ckpt.checkpoints(folder)
+        if files:
+            epoch = int(os.path.basename(files[-1])[6:-5])
+            return f"interrupted after epoch {epoch}; checkpoint in {folder} (continue with --resume)"
+        return "interrupted before the first checkpoint was written"
+    done = getattr(exc, "gpups_epochs_done", None)
+    if done is None:
+        return "interrupted"
+    return f"interrupted after epoch {done} (pass --checkpoint DIR to keep progress)"
 
 if __name__ == "__main__":
     sys.exit(main())

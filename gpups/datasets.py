@@ -111,6 +111,9 @@ def synthetic(n: int = 10_000, d: int = 784, classes: int = 10, val_fraction: fl
     """Seeded Gaussian clusters: ``classes`` centres of norm ``separation`` in ``d`` dimensions,
     unit noise in every dimension, standardised features. Two centres lie about
     ``separation * sqrt(2)`` apart, so 3.0 gives a problem a linear model solves to ~90 %."""
+    _check_sizes(n, d)
+    if not isinstance(classes, (int, np.integer)) or classes < 2:
+        raise ValueError(f"classes={classes!r} is not allowed: expected an integer >= 2")
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((classes, d)) * (separation / np.sqrt(d))
     y = rng.integers(0, classes, n)
@@ -122,6 +125,7 @@ def synthetic(n: int = 10_000, d: int = 784, classes: int = 10, val_fraction: fl
 def synthetic_regression(n: int = 10_000, d: int = 100, val_fraction: float = 0.2, seed: int = 0,
                          noise: float = 0.1) -> Dataset:
     """Seeded linear regression data ``y = X w + noise`` with standard normal ``X``."""
+    _check_sizes(n, d)
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d)).astype(np.float32)
     w = rng.standard_normal((d, 1)).astype(np.float32) / np.sqrt(d)
@@ -129,23 +133,49 @@ def synthetic_regression(n: int = 10_000, d: int = 100, val_fraction: float = 0.
     return split("synthetic_regression", X, y, val_fraction, seed, 0)
 
 
+def parse_spec(spec: str) -> tuple[str, list[int]]:
+    """``name`` and its integer sizes from a spec such as ``synthetic:2000:16``; a ``ValueError``
+    naming the spec when it does not parse."""
+    if not isinstance(spec, str):
+        raise ValueError(f"data={spec!r} is not allowed: expected one of {NAMES}")
+    name, *dims = spec.split(":")
+    name = name.lower()
+    if name in ("synthetic", "synthetic_regression"):
+        if len(dims) > 2 or not all(d.isdigit() for d in dims):
+            raise ValueError(f"data={spec!r} is not allowed: expected {name}[:N[:D]] with whole numbers N (rows) "
+                             "and D (features), e.g. synthetic:2000:16")
+        return name, [int(d) for d in dims]
+    if name not in NAMES or dims:
+        raise ValueError(f"data={spec!r} is not allowed: expected one of {NAMES} (synthetic and "
+                         "synthetic_regression take :N[:D])")
+    return name, []
+
+
 def from_spec(spec: str, image: bool = False, seed: int = 0, folder: str | None = None,
               n: int = 10_000) -> Dataset:
     """A data set from a short spec: ``mnist5k``, ``digits``, ``mnist`` (needs ``folder``),
     ``synthetic[:N[:D]]``, ``synthetic_regression[:N[:D]]`` (``n`` rows unless N is given)."""
-    name, *dims = spec.split(":")
+    name, dims = parse_spec(spec)
     if name in ("synthetic", "synthetic_regression"):
-        kw = {"n": int(dims[0]) if dims else n, "seed": seed}
+        kw = {"n": dims[0] if dims else n, "seed": seed}
         if len(dims) > 1:
-            kw["d"] = int(dims[1])
-        return load(name, **kw)
+            kw["d"] = dims[1]
+        try:
+            return load(name, **kw)
+        except ValueError as exc:
+            raise ValueError(f"data={spec!r}: {exc}") from None
     if name == "mnist":
         if not folder:
             raise ValueError("data='mnist' needs a folder with the four IDX files (--data-dir)")
         return mnist(folder, image=image, seed=seed)
-    if name in ("mnist5k", "digits"):
-        return load(name, image=image, seed=seed)
-    return load(name)  # names the allowed ones
+    return load(name, image=image, seed=seed)
+
+
+def _check_sizes(n: int, d: int) -> None:
+    if not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"n={n!r} rows is not allowed: expected an integer >= 2 (a training and a validation row)")
+    if not isinstance(d, (int, np.integer)) or d < 1:
+        raise ValueError(f"d={d!r} features is not allowed: expected an integer >= 1")
 
 
 def load(name: str, **kwargs) -> Dataset:

@@ -12,11 +12,25 @@ class WorkerError(RuntimeError):
         self.who = who
 
 
+def shown(value: Any) -> str:
+    """A short, readable form of a value for an error message: the value itself for scalars
+    (numpy scalars too) and short lists, a type-and-shape summary for arrays and big objects."""
+    scalar = (int, float, str, bool, type(None))
+    if hasattr(value, "dtype") and getattr(value, "shape", None) == () and hasattr(value, "item"):
+        value = value.item()  # a numpy (or CuPy) scalar: its value, not its type
+    if isinstance(value, scalar):
+        return repr(value)
+    if isinstance(value, (list, tuple)) and len(value) <= 16 and all(isinstance(v, scalar) for v in value):
+        return repr(value)
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"<{type(value).__name__} of shape {tuple(shape)}>"
+    text = repr(value)
+    return text if len(text) <= 60 else f"<{type(value).__name__}>"
+
+
 def option_error(option: str, given: Any, allowed: str | Iterable[Any]) -> ValueError:
     """``ValueError`` naming the option, the value given and the values allowed."""
     if not isinstance(allowed, str):
         allowed = "one of " + ", ".join(repr(a) for a in allowed)
-    scalar = (int, float, str, bool, type(None))
-    short = isinstance(given, (list, tuple)) and len(given) <= 16 and all(isinstance(g, scalar) for g in given)
-    shown = given if isinstance(given, scalar) or short else type(given).__name__
-    return ValueError(f"{option}={shown!r} is not allowed: expected {allowed}")
+    return ValueError(f"{option}={shown(given)} is not allowed: expected {allowed}")

@@ -33,10 +33,15 @@ class Layout:
         i = self.names.index(name)
         return self.offsets[i], self.offsets[i] + int(np.prod(self.shapes[i], dtype=np.int64))
 
-    def views(self, flat: Any) -> dict[str, Any]:
-        """Named, shaped views into ``flat`` (numpy or cupy)."""
-        return {n: flat[o:o + int(np.prod(s, dtype=np.int64))].reshape(s)
-                for n, s, o in zip(self.names, self.shapes, self.offsets)}
+    def views(self, flat: Any, readonly: bool = False) -> dict[str, Any]:
+        """Named, shaped views into ``flat`` (numpy or cupy). ``readonly``: numpy views that
+        refuse writes (what ``upd`` and ``evaluate`` get; CuPy has no such flag)."""
+        out = {n: flat[o:o + int(np.prod(s, dtype=np.int64))].reshape(s)
+               for n, s, o in zip(self.names, self.shapes, self.offsets)}
+        if readonly and isinstance(flat, np.ndarray):
+            for v in out.values():
+                v.flags.writeable = False
+        return out
 
     def flatten(self, model: Mapping[str, Any], out: Any) -> Any:
         for name, view in self.views(out).items():

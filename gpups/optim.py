@@ -7,8 +7,12 @@ rule (a server shard, or a worker's local replica).
 from __future__ import annotations
 
 import math
+import numbers
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
+
+import numpy as np
 
 from .errors import option_error
 
@@ -26,8 +30,13 @@ SLOTS: dict[str, tuple[str, ...]] = {
 BUILTIN = tuple(DEFAULTS)
 
 
+def real(value: Any) -> bool:
+    """A real number: Python's or numpy's (np.float32(0.05) is one), never a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def resolve_hyperparams(agg: str | Callable, hyperparams: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Fill the optimizer's defaults and check the values it uses."""
+    """Fill the optimizer's defaults and check the values it uses (numpy scalars become floats)."""
     hp = dict(hyperparams or {})
     for key in hp:
         if not isinstance(key, str):
@@ -35,12 +44,17 @@ def resolve_hyperparams(agg: str | Callable, hyperparams: Mapping[str, Any] | No
     if isinstance(agg, str):
         for key, default in DEFAULTS[agg].items():
             value = hp.setdefault(key, default)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or value < 0 or (key == "lr" and value == 0):
+            if not real(value) or not math.isfinite(value) or value < 0 or (key == "lr" and value == 0):
                 raise option_error(f"hyperparams[{key!r}]", value, f"a finite number > 0 for agg={agg!r}")
             if key in ("momentum", "beta1", "beta2") and value >= 1:
                 raise option_error(f"hyperparams[{key!r}]", value, "a number in [0, 1)")
+            hp[key] = float(value)
     return hp
+
+
+def reads(agg: str | Callable) -> tuple[str, ...] | None:
+    """The hyperparameter names a built-in rule reads; None for a user's function (any)."""
+    return tuple(DEFAULTS[agg]) if isinstance(agg, str) else None
 
 
 @dataclass
@@ -86,33 +100,52 @@ class Builtin:
 
 @dataclass
 class UserRule:
-    """A user's ``agg(params, grads, state, hyperparams) -> (params, state)``, over whole tensors."""
+    """A user's ``agg(params, grads, state, hyperparams) -> (params, state)``, over whole tensors.
+
+    Each caller (a CPU thread, a CUDA stream: HOGWILD's workers apply their own pushes at once)
+    aggregates into a gradient buffer of its own and keeps the newest state it made alive, so
+    concurrent calls never read each other's buffers or free memory another stream still reads.
+    An update whose every push was flagged non-finite does not call ``agg`` at all: a stateful
+    rule must not move the parameters on a zero gradient."""
 
     fn: Callable
     hp: dict[str, Any]
     name: str = "custom"
     layout: Any = None  # set by the caller: the model's Layout
     _grad: dict = field(default_factory=dict)
+    _kept: dict = field(default_factory=dict)
 
     def init_state(self, xp: Any, n: int, dtype: Any) -> dict[str, Any]:
         return {}
 
     def apply(self, kernels: Any, serial: bool, G: Any, rows: Any, bad: Any, scale: float, w: Any,
               state: dict[str, Any], step: int, lo: int = 0) -> None:
+        if not _any_good(rows, bad):
+            return
         agg_fn = kernels.aggregate_serial if serial else kernels.aggregate
-        key = (id(w), w.shape[0])
+        caller = _caller(w)
+        key = (id(w), w.shape[0], caller)
         g = self._grad.get(key)
         if g is None:
             g = self._grad[key] = w.copy()
         agg_fn(G, rows, bad, w.dtype.type(scale), g)
         names = self.layout.names_in(lo, lo + w.shape[0])
         params, grads = self._views(w, lo, names), self._views(g, lo, names)
-        new_params, new_state = self.fn(params, grads, state.get("user", {}), self.hp)
+        res = self.fn(params, grads, state.get("user", {}), self.hp)
+        if not (isinstance(res, tuple) and len(res) == 2):
+            got = f"a tuple of {len(res)}" if isinstance(res, tuple) else type(res).__name__
+            raise ValueError(f"agg must return (params, state), a tuple of two; it returned {got} "
+                             "(return the state too, {} if the rule keeps none)")
+        new_params, new_state = res
         check_like(new_params, params, "agg", "params")
         for n in names:
             if new_params[n] is not params[n]:
                 params[n][...] = new_params[n]
+            if not bool(_xp(w).isfinite(params[n]).all()):
+                raise ValueError(f"agg returned non-finite params[{n!r}] (NaN or Inf) at update {step}: the "
+                                 "update rule diverged or divided by zero (every push it was given was finite)")
         state["user"] = new_state
+        self._kept[caller] = new_state  # alive while this caller's stream may still read it
 
     def _views(self, flat: Any, lo: int, names: tuple[str, ...]) -> dict[str, Any]:
         out = {}
@@ -120,6 +153,30 @@ class UserRule:
             a, b = self.layout.bounds(n)
             out[n] = flat[a - lo:b - lo].reshape(self.layout.shapes[self.layout.names.index(n)])
         return out
+
+
+def _xp(a: Any) -> Any:
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy
+
+    return cupy
+
+
+def _caller(a: Any) -> int:
+    """Who applies the rule: the thread (numpy), the current CUDA stream (CuPy)."""
+    if isinstance(a, np.ndarray):
+        return threading.get_ident()
+    import cupy
+
+    return cupy.cuda.get_current_stream().ptr
+
+
+def _any_good(rows: Any, bad: Any) -> bool:
+    """Whether any of the pushes ``rows`` is unflagged (on a GPU this reads the flags back: a
+    user's rule runs on the host anyway)."""
+    flags = bad[rows]
+    return bool((flags == 0).any())
 
 
 def make_rule(agg: str | Callable, hp: dict[str, Any]) -> Builtin | UserRule:

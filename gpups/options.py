@@ -1,13 +1,16 @@
 """Option checking for :func:`gpups.paramserv`: every bad input is named before any work starts."""
 from __future__ import annotations
 
+import inspect
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from .errors import option_error
+from .models.base import model_of
 from .optim import BUILTIN
 from .partition import SCHEMES
 
@@ -16,6 +19,9 @@ FREQS = ("BATCH", "NBATCHES", "EPOCH")
 PUSHES = ("gradients", "model")
 BACKENDS = ("local", "ray")
 NONFINITE = ("raise", "skip")
+UPD = "upd(params, features, labels, hyperparams) -> grads or (grads, loss)"
+AGG = "agg(params, grads, state, hyperparams) -> (params, state)"
+EVALUATE = "evaluate(params, features, labels) -> dict of metrics"
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,24 @@ def check_model(model: Any) -> None:
                          "expected one dtype for all parameters (float32 or float64)")
 
 
+def as_array(option: str, a: Any) -> Any:
+    """numpy and CuPy arrays as they are; anything numpy can read as an array (lists, pandas
+    DataFrames and Series) as a numpy array, as scikit-learn does; None stays None."""
+    if a is None or is_array(a):
+        return a
+    if not (isinstance(a, (list, tuple)) or hasattr(a, "__array__")):
+        raise ValueError(f"{option} is a {type(a).__name__}; expected a numpy or CuPy array (or a list or "
+                         "pandas object numpy can convert)")
+    try:
+        out = np.asarray(a)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{option} ({type(a).__name__}) does not convert to an array: {exc}") from None
+    if out.dtype == object:
+        raise ValueError(f"{option} ({type(a).__name__}) converts to an array of Python objects (ragged rows or "
+                         "mixed types); expected numbers in rows of equal length")
+    return out
+
+
 def check_data(features: Any, labels: Any, prefix: str = "") -> None:
     f, l = prefix + "features", prefix + "labels"
     if not is_array(features) or features.ndim < 2:
@@ -140,14 +164,27 @@ def validate(model: Any, features: Any, labels: Any, *, upd: Any, agg: Any, utyp
             raise ValueError(f"val_features rows have shape {tuple(val_features.shape[1:])}; expected "
                              f"{tuple(features.shape[1:])} like features")
     if not callable(upd):
-        raise option_error("upd", upd, "a function upd(params, features, labels, hyperparams) -> grads")
+        raise option_error("upd", upd, "a function " + UPD)
+    check_signature("upd", upd, 4, UPD)
     if not (callable(agg) or isinstance(agg, str)):
-        raise option_error("agg", agg, f"one of {BUILTIN} or a function agg(params, grads, state, hyperparams)")
-    agg = agg if callable(agg) else choice("agg", agg, BUILTIN)
+        raise option_error("agg", agg, f"one of {BUILTIN} or a function {AGG}")
+    if callable(agg):
+        check_signature("agg", agg, 4, AGG)
+    else:
+        agg = choice("agg", agg, BUILTIN)
     if evaluate is not None and not callable(evaluate):
-        raise option_error("evaluate", evaluate, "a function evaluate(params, features, labels) -> dict")
+        raise option_error("evaluate", evaluate, "a function " + EVALUATE)
+    if evaluate is not None:
+        check_signature("evaluate", evaluate, 3, EVALUATE)
     if hyperparams is not None and not isinstance(hyperparams, Mapping):
         raise option_error("hyperparams", hyperparams, "a dict of name -> value, or None")
+    net = model_of(upd)
+    if net is not None:  # a built-in model's gradients: it knows its shapes, classes and hyperparameters
+        net.check_params(model)
+        net.check_data(features, labels)
+        if val_features is not None:
+            net.check_data(val_features, val_labels, "val_")
+        net.check_hyperparams(hyperparams or {})
     ut = choice("utype", utype, UTYPES)
     fr = choice("freq", freq, FREQS)
     n = features.shape[0]
@@ -178,8 +215,45 @@ def validate(model: Any, features: Any, labels: Any, *, upd: Any, agg: Any, utyp
     sd = integer("seed", seed, 0)
     pg = flag("progress", progress)
     nf = choice("nonfinite", nonfinite, NONFINITE)
+    if checkpoint is not None:  # last: it creates the folder
+        writable_folder("checkpoint", checkpoint)
     return Options(agg, ut, fr, ep, bs, kk, sv, sc, nb, ps, st, bw, be,
                    None if checkpoint is None else os.fspath(checkpoint), rs, sd, pg, nf, ra)
+
+
+def check_signature(option: str, fn: Callable, nargs: int, expected: str) -> None:
+    """``fn`` must accept ``nargs`` positional arguments (functions whose signature Python
+    cannot read, such as some C functions, are given the benefit of the doubt)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*range(nargs))
+    except TypeError:
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        raise ValueError(f"{option}={name} takes {sig}; expected a function {expected}") from None
+
+
+def writable_folder(option: str, path: Any) -> str:
+    """Create the folder ``path`` if needed and check that this process may write there, so that
+    a bad path is named before any work, not after the first epoch."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{option}={path!r} is a file; expected a folder (created if missing)")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{option}={path!r} cannot be created: {parent!r} is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b"0")
+    except OSError as exc:
+        raise ValueError(f"{option}={path!r} is not a folder this process can write to ({exc.strerror or exc}); "
+                         "expected a writable folder") from None
+    return path
 
 
 def check_partitions(parts: list, batchsize: int, n: int, k: int) -> None:

@@ -1,6 +1,7 @@
 """``gpups.paramserv``: one call that trains a model with a parameter server inside."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -9,12 +10,13 @@ import numpy as np
 from . import checkpoint as ckpt
 from .device import CPUDevice, host, resolve
 from .flat import Layout
-from .optim import check_like, make_rule, resolve_hyperparams
 from .errors import option_error
-from .options import array_module, check_partitions, validate
+from .models.base import model_of
+from .optim import check_like, make_rule, reads, resolve_hyperparams
+from .options import array_module, as_array, check_partitions, validate
 from .partition import partition
 from .runtime import Run, check_metrics, log
-from .worker import accepts_out, call_upd
+from .worker import accepts_out, call_upd, readonly_error
 
 
 @dataclass
@@ -51,6 +53,8 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
     ``backend="ray"`` runs the shards and workers as Ray actors (a local Ray instance,
     or the cluster at ``ray_address``). Inputs are never mutated. See README.md for every option.
     """
+    features, labels = as_array("features", features), as_array("labels", labels)
+    val_features, val_labels = as_array("val_features", val_features), as_array("val_labels", val_labels)
     opts = validate(model, features, labels, upd=upd, agg=agg, utype=utype, freq=freq, epochs=epochs,
                     batchsize=batchsize, k=k, servers=servers, scheme=scheme, hyperparams=hyperparams,
                     val_features=val_features, val_labels=val_labels, evaluate=evaluate,
@@ -58,6 +62,7 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
                     backend=backend, checkpoint=checkpoint, resume=resume, seed=seed, progress=progress,
                     nonfinite=nonfinite, ray_address=ray_address)
     hp = resolve_hyperparams(opts.agg, hyperparams)
+    warn_unread(hyperparams, upd, opts.agg)
     remote = opts.backend == "ray"
     actor_device = ray_device(device) if remote else ""
     dev = CPUDevice() if remote else resolve(device)  # backend="ray": the driver works on the host
@@ -86,7 +91,7 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
         if val_features is not None:
             val = (dev.place(val_features), dev.place(val_labels))
             if evaluate is not None:
-                check_metrics(evaluate(layout.views(dev.place(init.copy())), val[0][:2], val[1][:2]))
+                check_metrics(evaluate(layout.views(dev.place(init.copy()), readonly=True), val[0][:2], val[1][:2]))
 
         if remote:
             from .ray_backend import RayRun
@@ -94,15 +99,13 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
             run: Run = RayRun(opts, layout, init, xf, yl, parts, upd, hp, evaluate, val, actor_device)
         else:
             run = Run(opts, dev, layout, init, xf, yl, parts, upd, hp, evaluate, val)
-        if opts.resume:
-            state = ckpt.load_latest(opts.checkpoint)
-            if state is None:
-                if opts.progress:
-                    log(f"resume: no checkpoint in {opts.checkpoint!r} yet, starting from epoch 1")
-            else:
-                run.load_state_dict(state)
-                if opts.progress:
-                    log(f"resume: continuing after epoch {run.first_epoch} from {opts.checkpoint!r}")
+        try:
+            if opts.resume:
+                resume_from(run, opts)
+        except BaseException:  # the workers exist already: stop them (train() does after this)
+            run.cancel()
+            run.close()
+            raise
         history = run.train(opts.epochs)
 
         flat = run.server.model()
@@ -112,6 +115,36 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
             out[name] = np.array(arr, copy=True) if in_xp is np else in_xp.asarray(arr).copy()
         graphs = sum(len(w.graphs.graphs) for w in run.workers if getattr(w, "graphs", None) is not None)
         return Result(out, history, run.device.describe(), run.clock_log, graphs)
+
+
+def resume_from(run: Run, opts: Any) -> None:
+    """Load the newest good checkpoint of ``opts.checkpoint`` into ``run`` (none: start afresh)."""
+    state = ckpt.load_latest(opts.checkpoint)
+    if state is None:
+        if opts.progress:
+            log(f"resume: no checkpoint in {opts.checkpoint!r} yet, starting from epoch 1")
+        return
+    run.load_state_dict(state)
+    if run.first_epoch >= opts.epochs:
+        warnings.warn(f"gpups: resume=True with epochs={opts.epochs}, but the checkpoint in {opts.checkpoint!r} "
+                      f"has {run.first_epoch} epochs done already: nothing is trained, the checkpoint's model "
+                      "is returned (pass a larger epochs= to train on)", UserWarning, stacklevel=3)
+    elif opts.progress:
+        log(f"resume: continuing after epoch {run.first_epoch} from {opts.checkpoint!r}")
+
+
+def warn_unread(hyperparams: Mapping[str, Any] | None, upd: Callable, agg: str | Callable) -> None:
+    """Names in ``hyperparams`` that neither a built-in model's gradients nor a built-in rule
+    reads are likely typos (``learning_rate`` for ``lr``): say so once. A user's function may
+    read any name, so then nothing is said."""
+    net, rule = model_of(upd), reads(agg)
+    if not hyperparams or net is None or rule is None:
+        return
+    unread = sorted(set(hyperparams) - set(rule) - set(net.hyperparams))
+    if unread:
+        warnings.warn(f"gpups: hyperparams {unread} are read by neither upd ({net!r}.gradients reads "
+                      f"{list(net.hyperparams)}) nor agg={agg!r} (reads {list(rule)}): a misspelt name?",
+                      UserWarning, stacklevel=3)
 
 
 def ray_device(device: Any) -> str:
@@ -127,11 +160,17 @@ def dry_run(dev: Any, layout: Layout, init: Any, X: Any, y: Any, rows: np.ndarra
             agg: str | Callable, hp: dict) -> None:
     """Call the user's functions once on copies, so that a wrong result is named before training."""
     flat = dev.place(init.copy())
-    params = layout.views(flat)
+    params = layout.views(flat, readonly=True)
     xb, yb = dev.place(X[rows]), dev.place(y[rows])
     wants_out = accepts_out(upd)
     gflat = dev.xp.zeros_like(flat)
-    grads, _ = call_upd(upd, wants_out, params, xb, yb, hp, layout.views(gflat))
+    try:
+        grads, _ = call_upd(upd, wants_out, params, xb, yb, hp, layout.views(gflat))
+    except ValueError as exc:
+        raise readonly_error(exc) or exc
+    if dev.kind != "cpu" and not bool((flat == dev.place(init)).all()):  # (CuPy has no read-only arrays)
+        raise ValueError("upd changed its params argument in place: upd must only read params and return the "
+                         "gradients (the server owns the parameters; change them in agg)")
     check_like(grads, params, "upd", "gradients")
     for name, g in grads.items():
         if not bool(dev.xp.isfinite(g).all()):
@@ -141,5 +180,5 @@ def dry_run(dev: Any, layout: Layout, init: Any, X: Any, y: Any, rows: np.ndarra
         rule = make_rule(agg, hp)
         rule.layout = layout
         G = dev.xp.zeros((1, layout.size), flat.dtype)
-        rule.apply(dev.kernels, True, G, dev.rows([0]), dev.xp.zeros(1, dev.xp.int64), 1.0, flat,
+        rule.apply(dev.kernels, True, G, dev.rows([0]), dev.xp.zeros(1, dev.xp.int64), 1.0, dev.place(init.copy()),
                    rule.init_state(dev.xp, layout.size, flat.dtype), 1)

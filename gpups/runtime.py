@@ -40,7 +40,8 @@ class Run:
         self.unlocked = opts.utype == "hogwild" and device.slots == 1
         alias = (opts.utype == "bsp" or self.unlocked) and opts.freq == "batch" and opts.push == "gradients"
         self.workers = [Worker(j, device, features, labels, rows, layout, self.server, upd, hp,
-                               make_rule(opts.agg, hp), opts.batchsize, opts.push, alias, opts.k > 1)
+                               make_rule(opts.agg, hp), opts.batchsize, opts.push, alias, opts.k > 1,
+                               keep_state=opts.nonfinite == "skip")
                         for j, rows in enumerate(parts)]
         for w in self.workers:
             if opts.utype == "hogwild":  # the worker's own stream pulls (and pushes), unlocked
@@ -110,8 +111,10 @@ class Run:
             if who.startswith("worker "):  # (a remote worker tells where it was itself)
                 where = f" in {getattr(err.exc, 'gpups_where', None) or self.workers[int(who.split()[1])].where}"
             raise WorkerError(who, f"{type(err.exc).__name__}: {err.exc}{where}") from err.exc
-        except BaseException:
+        except BaseException as exc:
             self.cancel()
+            if isinstance(exc, KeyboardInterrupt):  # (the CLI says how far the run got)
+                exc.gpups_epochs_done = len(self.history)  # type: ignore[attr-defined]
             raise
         finally:
             self.close()
@@ -136,9 +139,9 @@ class Run:
         if self.device.kind == "cpu":
             rec["server_seconds"] = self.server.update_seconds - server_before
         self.history.append(rec)
-        progress.epoch(rec)
-        if self.opts.checkpoint:
+        if self.opts.checkpoint:  # (saved before the epoch's line: a line printed is a checkpoint made)
             ckpt.save(self.opts.checkpoint, epoch + 1, self.state_dict(epoch + 1))
+        progress.epoch(rec)
 
     def skipped(self) -> list[int]:
         return [int(v) for v in self.server.flags()[1]]
@@ -164,7 +167,7 @@ class Run:
     def validate(self) -> dict[str, float]:
         if self.evaluate is None or self.val is None:
             return {}
-        params = self.layout.views(self.server.model())
+        params = self.layout.views(self.server.model(), readonly=True)
         out = self.evaluate(params, *self.val)
         return {f"val_{k}": float(v) for k, v in check_metrics(out).items()}
 
@@ -190,6 +193,7 @@ class Run:
         o = self.opts
         return {"names": self.layout.names, "shapes": self.layout.shapes, "dtype": str(self.layout.dtype),
                 "k": o.k, "servers": o.servers, "utype": o.utype, "freq": o.freq, "push": o.push,
+                "nbatches": o.nbatches, "staleness": o.staleness, "backup_workers": o.backup_workers,
                 "scheme": o.scheme, "batchsize": o.batchsize, "seed": o.seed,
                 "agg": o.agg if isinstance(o.agg, str) else "custom"}
 
@@ -202,7 +206,9 @@ class Run:
         return [w.state_dict() for w in self.workers]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        want, got = self.fingerprint(), state["fingerprint"]
+        # (checkpoints from before these three were recorded ran with their defaults)
+        want = self.fingerprint()
+        got = {"nbatches": 1, "staleness": 0, "backup_workers": 0, **state["fingerprint"]}
         diff = {key: (got.get(key), want[key]) for key in want if got.get(key) != want[key]}
         if diff:
             detail = ", ".join(f"{key}: checkpoint {a!r}, now {b!r}" for key, (a, b) in diff.items())

@@ -264,9 +264,12 @@ class ParamServer:
                 home.bad[...] = self.device.place(d["bad"], home.slot)
         self.version = int(d["version"])
         for sh in self.shards:
-            sh.step = int(d[f"shard{sh.index}.step"])
-            for slot in list(sh.state):
-                val = d[f"shard{sh.index}.{slot}"]
+            prefix = f"shard{sh.index}."
+            sh.step = int(d[prefix + "step"])
+            for key, val in d.items():  # every slot saved, also those a user's rule made itself
+                if not key.startswith(prefix) or key == prefix + "step":
+                    continue
+                slot = key[len(prefix):]
                 if slot == "user":
                     sh.state[slot] = val
                 else:

@@ -34,6 +34,16 @@ def call_upd(upd: Callable, wants_out: bool, params: dict, x: Any, y: Any, hp: d
     return res, None
 
 
+def readonly_error(exc: ValueError) -> ValueError | None:
+    """A clearer error for ``upd`` writing into its (read-only) ``params``, else None."""
+    if "read-only" not in str(exc):
+        return None
+    err = ValueError(f"upd changed its params argument in place ({exc}): upd must only read params and "
+                     "return the gradients (the server owns the parameters; change them in agg)")
+    err.__cause__ = exc
+    return err
+
+
 def accepts_out(fn: Callable) -> bool:
     """Whether ``fn`` takes an ``out=`` dict to write gradients into (built-in models do)."""
     try:
@@ -88,11 +98,14 @@ class Worker(Accounts):
     def __init__(self, j: int, device: Any, features: Any, labels: Any, rows: np.ndarray,
                  layout: Layout, server: Any, upd: Callable, hp: dict, rule: Any,
                  batchsize: int, push: str, alias: bool = False, concurrent: bool = True,
-                 check_finite: bool = True):
+                 check_finite: bool = True, keep_state: bool = False):
         self.j, self.device, self.layout, self.server = j, device, layout, server
         self.upd, self.hp, self.rule, self.push = upd, hp, rule, push
+        if getattr(rule, "layout", False) is None:  # a user's agg, for local steps over the whole model
+            rule.layout = layout
         self.wants_out = accepts_out(upd)
         self.check_finite = check_finite
+        self.keep_state = keep_state  # nonfinite="skip": a skipped push undoes its local updates
         self.slot = device.worker_slot(j)
         xs, ys = features[rows], labels[rows]  # (where the data lies; placed on the slot below)
         with device.on(self.slot):
@@ -121,7 +134,7 @@ class Worker(Accounts):
         self.stream = device.worker_stream(j, concurrent)
         # alias: compute on the home's parameters directly (BSP, HOGWILD; one step per push)
         self.replica = home.w if alias else xp.empty_like(home.w)
-        self.params = layout.views(self.replica)
+        self.params = layout.views(self.replica, readonly=True)  # upd must not write them
         self.payload = home.G[j]
         self.bad = home.bad   # non-finite flags (row 0: skip this push; see server.Home)
         self.send = server.sender(j)  # device work sending the push to shards on other devices
@@ -130,6 +143,8 @@ class Worker(Accounts):
         self.payload_views = layout.views(self.payload)
         self.base = xp.empty_like(home.w) if push == "model" else None
         self.local_state = rule.init_state(xp, layout.size, home.w.dtype)
+        # the local state as it was when the interval began (restored if its push is skipped)
+        self.saved_state = {s: xp.empty_like(a) for s, a in self.local_state.items()} if self.keep_state else {}
         self.local_step = 0
         self.one = device.rows([0], self.slot)
         self.nobad = xp.zeros(1, xp.int64)
@@ -161,10 +176,16 @@ class Worker(Accounts):
         """The device work of one push interval from batch ``b0``. With ``graph`` (capture), the
         batches are gathered at the device-side counter instead of sliced by the host."""
         push_grads = self.push == "gradients"
+        kernels = self.device.kernels
+        local = nsteps > 1 or not push_grads  # the interval updates the replica and local state
         if self.head is not None:
             self.head()
         if self.check_finite and graph is None:  # (a graph's batch gather clears it)
             self.bad[0, self.j] = 0
+        if local:
+            for slot, saved in self.saved_state.items():
+                kernels.copy(saved, self.local_state[slot])
+            user_state = self.local_state.get("user")  # a user agg's state: kept by reference
         for s in range(nsteps):
             b = b0 + s
             self.where = f"epoch {self.epoch + 1}, batch {b + 1}"
@@ -174,16 +195,22 @@ class Worker(Accounts):
                 lo, hi = b * self.batchsize, min((b + 1) * self.batchsize, self.n)
                 x, y = self.X[lo:hi], self.y[lo:hi]
             direct = push_grads and s == 0  # first gradient goes straight into the payload
-            local = s < nsteps - 1 or not push_grads
-            self.step(x, y, direct, local, s)
+            self.step(x, y, direct, s < nsteps - 1 or not push_grads, s)
             if graph is not None:
                 graph.advance()
             else:
                 self.device.set_counter(self.counter, b + 1)
+            if self.check_finite and nsteps > 1:  # name the batch, not the interval's end
+                kernels.stamp_nonfinite(self.payload if direct else self.grad, self.bad, self.j, self.counter)
         if not push_grads:
             self.device.xp.subtract(self.replica, self.base, out=self.payload)
         if self.check_finite:
-            self.device.kernels.flag_nonfinite(self.payload, self.bad, self.j, self.counter)
+            kernels.flag_nonfinite(self.payload, self.bad, self.j, self.counter)
+            if local and self.keep_state:
+                for slot, saved in self.saved_state.items():
+                    kernels.restore_if_flagged(self.local_state[slot], saved, self.bad, self.j)
+                if "user" in self.local_state and bool(self.bad[0, self.j]):  # (host read: eager path)
+                    self.local_state["user"] = user_state
         if self.send is not None:
             self.send()
         if self.tail is not None:
@@ -200,7 +227,10 @@ class Worker(Accounts):
 
     def _gradient(self, x: Any, y: Any, target: Any) -> None:
         views = self.grad_views if target is self.grad else self.payload_views
-        grads, loss = call_upd(self.upd, self.wants_out, self.params, x, y, self.hp, views)
+        try:
+            grads, loss = call_upd(self.upd, self.wants_out, self.params, x, y, self.hp, views)
+        except ValueError as exc:
+            raise readonly_error(exc) or exc
         for name, view in views.items():
             g = grads[name]
             if g is view:

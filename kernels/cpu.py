@@ -160,6 +160,24 @@ def _flag_nonfinite(x, bad, j, stamp):
             bad[2, j] = stamp[0]
 
 
+def _stamp_nonfinite(x, bad, j, stamp):
+    """If x holds NaN or Inf and bad[2, j] is unset: bad[2, j] = stamp (the first bad batch of
+    a multi-step interval; the push itself is flagged by flag_nonfinite at the interval's end)."""
+    if bad[2, j] != 0:
+        return
+    for i in range(x.shape[0]):
+        if not np.isfinite(x[i]):
+            bad[2, j] = stamp[0]
+            return
+
+
+def _restore_if_flagged(dst, src, bad, j):
+    """dst = src if worker j's push was flagged: a skipped push leaves the local state as it was."""
+    if bad[0, j] != 0:
+        for i in range(dst.shape[0]):
+            dst[i] = src[i]
+
+
 def _twin(f, suffix: str):
     g = types.FunctionType(f.__code__, f.__globals__, f.__name__ + suffix)
     g.__qualname__ = f.__qualname__ + suffix  # own numba cache entry
@@ -183,6 +201,8 @@ _, flag_nonfinite_serial = _build(_flag_nonfinite)
 # the parallel twin lost more to waking threads than it gained (0.13 ms); and worker threads
 # must not enter numba's parallel layer at once anyway.
 flag_nonfinite = flag_nonfinite_serial
+stamp_nonfinite = njit(nogil=True, cache=True)(_stamp_nonfinite)
+restore_if_flagged = njit(nogil=True, cache=True)(_restore_if_flagged)
 
 def copy(dst, src):
     dst[...] = src

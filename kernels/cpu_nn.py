@@ -61,10 +61,20 @@ def _act_back_colsum(d, h, db, act):
             db[j] += d[i, j]
 
 
+@njit(nogil=True, cache=True)
+def _check_labels(y, c):
+    """Labels index rows of the logits: one out of [0, c) raises instead of reading or writing
+    out of bounds (paramserv names the bad label before any work; this guards direct calls)."""
+    for i in range(y.shape[0]):
+        if y[i] < 0 or y[i] >= c:
+            raise ValueError("softmax cross-entropy: a label is outside [0, classes)")
+
+
 def _softmax_xent(z, b, y, dz, db):
     """Softmax cross-entropy of logits z + b against labels y: writes dz = (p - onehot) / n and
     db = column sums of dz; returns the mean loss."""
     n, c = z.shape
+    _check_labels(y, c)
     losses = np.empty(n, np.float64)
     for i in prange(n):
         mx = -np.inf
@@ -95,6 +105,7 @@ def _softmax_xent(z, b, y, dz, db):
 def _softmax_eval(z, b, y):
     """(sum of cross-entropy losses, number of correct argmax predictions) of logits z + b."""
     n, c = z.shape
+    _check_labels(y, c)
     losses = np.empty(n, np.float64)
     hits = np.zeros(n, np.int64)
     for i in prange(n):

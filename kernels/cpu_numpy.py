@@ -72,6 +72,16 @@ def flag_nonfinite(x, bad, j, stamp):
             bad[2, j] = stamp[0]
 
 
+def stamp_nonfinite(x, bad, j, stamp):
+    if bad[2, j] == 0 and not np.isfinite(x).all():
+        bad[2, j] = stamp[0]
+
+
+def restore_if_flagged(dst, src, bad, j):
+    if bad[0, j] != 0:
+        dst[...] = src
+
+
 def copy(dst, src):
     dst[...] = src
 

@@ -86,6 +86,19 @@ def flag_nonfinite(x: Any, bad: Any, j: int, stamp: Any) -> None:
         (blocks(n),), (THREADS,), (x, np.int64(n), bad, np.int32(bad.shape[1]), np.int32(j), stamp))
 
 
+def stamp_nonfinite(x: Any, bad: Any, j: int, stamp: Any) -> None:
+    n = x.shape[0]
+    function("optim", "stamp_nonfinite", x.dtype)(
+        (blocks(n),), (THREADS,), (x, np.int64(n), bad, np.int32(bad.shape[1]), np.int32(j), stamp))
+
+
+def restore_if_flagged(dst: Any, src: Any, bad: Any, j: int) -> None:
+    """dst[...] = src on the device if worker j's push is flagged (``bad[0, j]``): no host read."""
+    n = dst.shape[0]
+    function("optim", "restore_if_flagged", dst.dtype)(
+        (blocks(n),), (THREADS,), (dst, src, np.int64(n), bad[0], np.int32(j)))
+
+
 def copy(dst: Any, src: Any) -> None:
     """dst[...] = src for contiguous device arrays, on one GPU or across two (unified
     addressing): one async memcpy on the current stream."""

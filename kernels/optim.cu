@@ -130,6 +130,30 @@ __device__ void flag_nonfinite(const T* __restrict__ x, long long n, unsigned lo
   }
 }
 
+// If x holds NaN/Inf and bad[2][j] is unset: bad[2][j] = stamp. Names the first bad batch of a
+// multi-step interval (the push itself is flagged by flag_nonfinite at the interval's end).
+template <typename T>
+__device__ void stamp_nonfinite(const T* __restrict__ x, long long n, unsigned long long* bad, int k, int j,
+                                const long long* __restrict__ stamp) {
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    if (!isfinite(x[i])) {
+      atomicCAS(&bad[2 * k + j], 0ULL, (unsigned long long)stamp[0]);
+      return;
+    }
+  }
+}
+
+// dst[i] = src[i] if worker j's push was flagged (bad[0][j] != 0): a skipped push's interval
+// leaves the worker's local optimizer state as it was before the interval.
+template <typename T>
+__device__ void restore_if_flagged(T* __restrict__ dst, const T* __restrict__ src, long long n,
+                                   const long long* __restrict__ bad, int j) {
+  if (bad[j] == 0) return;
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) dst[i] = src[i];
+}
+
 #define INSTANTIATE(T, S)                                                                           \
   extern "C" __global__ void sgd_##S(ARGS(T), T* w, long long n, T lr) { sgd<T>(G, ldg, rows, nrows, bad, scale, pull, w, n, lr); } \
   extern "C" __global__ void momentum_##S(ARGS(T), T* w, T* v, long long n, T lr, T mu) {             \
@@ -145,7 +169,13 @@ __device__ void flag_nonfinite(const T* __restrict__ x, long long n, unsigned lo
     aggregate<T>(G, ldg, rows, nrows, bad, scale, pull, out, n); }                                        \
   extern "C" __global__ void flag_nonfinite_##S(const T* x, long long n, unsigned long long* bad,   \
                                                 int k, int j, const long long* stamp) {            \
-    flag_nonfinite<T>(x, n, bad, k, j, stamp); }
+    flag_nonfinite<T>(x, n, bad, k, j, stamp); }                                                   \
+  extern "C" __global__ void stamp_nonfinite_##S(const T* x, long long n, unsigned long long* bad,  \
+                                                 int k, int j, const long long* stamp) {           \
+    stamp_nonfinite<T>(x, n, bad, k, j, stamp); }                                                  \
+  extern "C" __global__ void restore_if_flagged_##S(T* dst, const T* src, long long n,              \
+                                                    const long long* bad, int j) {                 \
+    restore_if_flagged<T>(dst, src, n, bad, j); }
 
 INSTANTIATE(float, f32)
 INSTANTIATE(double, f64)

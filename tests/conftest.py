@@ -35,3 +35,15 @@ def blobs():
     y = rng.integers(0, 3, 240)
     X = centres[y] + rng.standard_normal((240, 6))
     return X.astype(np.float64), y.astype(np.int64)
+
+
+try:  # property-based tests: fixed and derandomized in CI, many random draws with HYPOTHESIS_PROFILE=dev
+    import os
+
+    from hypothesis import settings
+
+    settings.register_profile("ci", max_examples=300, derandomize=True, deadline=None, print_blob=True)
+    settings.register_profile("dev", max_examples=2000, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:
+    pass

@@ -82,7 +82,7 @@ def test_bad_arrays_are_named(setup):
         (dict(features=X.astype(np.int64)), r"features has dtype int64; expected float"),
         (dict(labels=y[:100]), r"labels has 100 rows but features has 240"),
         (dict(labels=y.astype(str)), r"labels has dtype <U"),
-        (dict(features=X.tolist()), r"features has shape None"),
+        (dict(features="abc"), r"features is a str; expected a numpy or CuPy array"),
         (dict(model={}), r"model=.*non-empty dict"),
         (dict(model={"W1": np.zeros((6, 5), np.int32)}), r"model\['W1'\] has dtype int32; expected"),
         (dict(model={"a": np.zeros(3, np.float32), "b": np.zeros(3)}), r"model mixes dtypes"),

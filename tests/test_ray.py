@@ -20,7 +20,6 @@ from helpers import assert_models_close, small_net
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module's upd functions
 
 
 @pytest.fixture(scope="session")
@@ -184,9 +183,45 @@ def _pids(title):
     return out
 
 
-def test_killed_server_shard_restores_from_checkpoint(ray_session, tmp_path):
-    """A shard's process is killed from outside mid-run; the run goes back to the newest
-    checkpoint, redoes the epoch and ends with a trained model and every epoch's record."""
+@pytest.fixture
+def live_runs(monkeypatch):
+    """The RayRun objects paramserv builds in this test: their actors' pids and history tell a
+    killer which process is this run's and what the run has reached."""
+    from gpups.ray_backend.run import RayRun
+
+    runs = []
+    build = RayRun._build
+
+    def spy(self, *args, **kwargs):
+        build(self, *args, **kwargs)
+        runs.append(self)
+
+    monkeypatch.setattr(RayRun, "_build", spy)
+    return runs
+
+
+def kill_shard_after_epoch(runs, epoch, killed, folder=None):
+    """A thread that SIGKILLs this run's shard 0 once the run has finished ``epoch`` epochs
+    (and, with ``folder``, written that epoch's checkpoint)."""
+    def killer():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if runs and len(runs[0].history) >= epoch and (
+                    folder is None or (folder / f"epoch-{epoch:05d}.ckpt").exists()):
+                pid = runs[0].pids["server shard 0"]
+                os.kill(pid, signal.SIGKILL)
+                killed.append((pid, len(runs[0].history)))
+                return
+            time.sleep(0.005)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    return t
+
+
+def test_killed_server_shard_restores_from_checkpoint(ray_session, tmp_path, live_runs):
+    """This run's shard process is killed from outside after epoch 1; the run goes back to the
+    newest checkpoint, redoes the epoch and ends with a trained model and every epoch's record."""
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((3, 20)) * 2
     y = rng.integers(0, 3, 6000)
@@ -194,45 +229,82 @@ def test_killed_server_shard_restores_from_checkpoint(ray_session, tmp_path):
     net = MLP([20, 16, 3])
     params = net.init(0, dtype=np.float64)
     killed = []
-
-    def killer():
-        deadline = time.time() + 60
-        while time.time() < deadline and not killed:
-            if list((tmp_path / "ck").glob("epoch-*.ckpt")):
-                for pid in _pids("ray::ShardActor"):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-            time.sleep(0.01)
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
+    t = kill_shard_after_epoch(live_runs, 1, killed, tmp_path / "ck")
     res = gpups.paramserv(params, X, y, upd=net.gradients, agg="momentum", utype="BSP", k=2, batchsize=8,
                           epochs=4, backend="ray", device="cpu", progress=False, checkpoint=str(tmp_path / "ck"))
     t.join()
-    assert killed, "the shard was not killed"
+    assert killed and killed[0][1] < 4, "the shard was not killed mid-run"
     assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
     assert net.evaluate(res.model, X, y)["accuracy"] > 0.9
 
 
-def test_killed_server_shard_without_checkpoint_stops_with_a_clear_error(ray_session):
+def test_killed_server_shard_without_checkpoint_stops_with_a_clear_error(ray_session, live_runs):
     rng = np.random.default_rng(3)
     X = rng.standard_normal((6000, 20))
     y = rng.integers(0, 3, 6000)
     net = MLP([20, 16, 3])
     killed = []
-
-    def killer():
-        time.sleep(1.5)
-        for pid in _pids("ray::ShardActor"):
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
-    threading.Thread(target=killer, daemon=True).start()
+    kill_shard_after_epoch(live_runs, 1, killed)
     t0 = time.time()
     with pytest.raises(WorkerError, match=r"^server shard 0 failed: .*with checkpoint="):
         gpups.paramserv(net.init(0, dtype=np.float64), X, y, upd=net.gradients, utype="ASP", k=2, batchsize=8,
-                        epochs=20, backend="ray", device="cpu", progress=False)
+                        epochs=40, backend="ray", device="cpu", progress=False)
     assert killed and time.time() - t0 < 120
+
+
+def test_user_functions_from_a_module_the_actors_cannot_import(ray_session, blobs, tmp_path, monkeypatch):
+    """upd and agg defined in a module of a folder only this process has on its path: Ray's
+    workers cannot import it by name, so gpups ships its code by value."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "my_training_code.py").write_text(textwrap.dedent("""
+        from gpups.models import MLP
+
+        NET = MLP([6, 5, 3], activation="tanh")
+
+        def upd(p, x, y, hp):
+            return NET.gradients(p, x, y, hp)
+
+        def agg(p, g, state, hp):
+            return {n: p[n] - hp["lr"] * g[n] for n in p}, state
+    """))
+    monkeypatch.syspath_prepend(str(folder))
+    import my_training_code as mine
+
+    X, y = blobs
+    params = mine.NET.init(0, dtype=np.float64)
+    kw = dict(upd=mine.upd, agg=mine.agg, utype="BSP", k=2, batchsize=10, epochs=2, hyperparams={"lr": 0.1})
+    local = run(ray_session, params, X, y, "local", **kw)
+    remote = run(ray_session, params, X, y, "ray", **kw)
+    assert_models_close(remote.model, local.model, rtol=1e-12, atol=1e-14)
+    from ray import cloudpickle
+
+    assert not cloudpickle.cloudpickle._is_registered_pickle_by_value(mine)  # undone after the run
+
+
+def test_an_address_where_nothing_listens_is_named_quickly():
+    """(In a subprocess: this process is connected to the session's Ray, which a call would use.)"""
+    code = textwrap.dedent("""
+        import socket, time, numpy as np, gpups
+        from gpups.models import SoftmaxRegression
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        net = SoftmaxRegression(4, 2)
+        X = np.zeros((40, 4)); y = np.zeros(40, np.int64)
+        t0 = time.time()
+        try:
+            gpups.paramserv(net.init(0), X, y, upd=net.gradients, backend="ray", progress=False,
+                            ray_address=f"127.0.0.1:{port}", device="cpu")
+        except ValueError as exc:
+            print("ERR", time.time() - t0, exc)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("ERR")]
+    assert line, proc.stdout + proc.stderr[-2000:]
+    _, seconds, message = line[0].split(" ", 2)
+    assert float(seconds) < 30
+    assert "ray_address='127.0.0.1:" in message and "no Ray cluster answers there" in message
 
 
 # -- the embedded default, options ---------------------------------------------------------

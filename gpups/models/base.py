@@ -36,6 +36,56 @@ class Model:
 
     classifier = True
     max_workspaces = 64
+    hyperparams = ("reg",)  # what ``gradients`` reads: reg, the L2 coefficient (>= 0)
+
+    @property
+    def outputs(self) -> int:
+        """Classes of a classifier; values per row of a regression."""
+        raise NotImplementedError
+
+    def row_shape(self) -> tuple[int, ...]:
+        """The shape of one example (features of any row shape with this many values work)."""
+        raise NotImplementedError
+
+    # -- checks before any work ----------------------------------------------------------------
+    def check_params(self, params: Any) -> None:
+        """``params`` must have this model's names and shapes."""
+        want = self.shapes()
+        got = {n: tuple(getattr(a, "shape", ())) for n, a in params.items()}
+        if got != want:
+            diff = [f"{n}: given {got.get(n, 'none')}, expected {want.get(n, 'none')}"
+                    for n in sorted(set(want) | set(got)) if got.get(n) != want.get(n)]
+            raise ValueError(f"model does not fit upd={self!r}.gradients ({'; '.join(diff[:4])}): "
+                             f"build the parameters with {type(self).__name__}(...).init()")
+
+    def check_hyperparams(self, hp: Any) -> None:
+        reg = hp.get("reg", 0.0)
+        from ..optim import real
+
+        if not real(reg) or not np.isfinite(reg) or reg < 0:
+            from ..errors import option_error
+
+            raise option_error("hyperparams['reg']", reg, "a finite number >= 0 (the L2 coefficient)")
+
+    def check_data(self, features: Any, labels: Any, prefix: str = "") -> None:
+        """Features whose rows this model reads, labels it can score: a ``ValueError`` naming
+        the array, what was given and what the model expects."""
+        f, l = prefix + "features", prefix + "labels"
+        want = self.row_shape()
+        size = int(np.prod(want))
+        row = tuple(int(d) for d in features.shape[1:])
+        if int(np.prod(row)) != size:
+            shape = want if len(want) == 1 else f"{want} (or {size} values in any row shape)"
+            raise ValueError(f"{f} has shape {tuple(features.shape)}: rows of shape {row}; {self!r} expects "
+                             f"rows of shape {shape}")
+        if self.classifier:
+            check_class_labels(l, labels, self.outputs)
+        else:
+            width = int(np.prod(labels.shape[1:]))
+            if width != self.outputs or labels.ndim > 2:
+                shapes = "(n,) or (n, 1)" if self.outputs == 1 else f"(n, {self.outputs})"
+                raise ValueError(f"{l} has shape {tuple(labels.shape)}; {self!r} predicts {self.outputs} "
+                                 f"value(s) per row: expected labels of shape {shapes}")
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         raise NotImplementedError
@@ -140,6 +190,38 @@ class Model:
     @staticmethod
     def _reg_loss(params: dict[str, Any], reg: float) -> float:
         return 0.5 * reg * sum(float((p * p).sum()) for n, p in params.items() if not n.startswith("b"))
+
+
+def check_class_labels(name: str, y: Any, classes: int) -> None:
+    """Class indices: shape (n,) or (n, 1), integer values in [0, classes)."""
+    xp = xp_of(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    if y.ndim != 1:
+        hint = ""
+        if y.ndim == 2 and y.shape[1] == classes:
+            hint = " (one-hot rows? pass each row's class index, e.g. labels.argmax(axis=1))"
+        raise ValueError(f"{name} has shape {tuple(y.shape)}; expected class indices of shape (n,){hint}")
+    allowed = f"integers in [0, {classes - 1}] (the model has {classes} classes)"
+    if y.dtype.kind == "f":
+        frac = xp.flatnonzero(y != xp.floor(y))
+        if frac.size:
+            i = int(frac[0])
+            raise ValueError(f"{name}[{i}] = {float(y[i])!r} is not a class index: expected {allowed}")
+    if y.dtype.kind == "b" or y.size == 0:
+        return
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= classes:
+        i = int(xp.flatnonzero((y < 0) | (y >= classes))[0])
+        hint = " (1-based labels? subtract 1)" if lo >= 1 and hi == classes else ""
+        raise ValueError(f"{name}[{i}] = {y[i].item()!r} is outside the model's classes: expected "
+                         f"{allowed}{hint}")
+
+
+def model_of(fn: Any) -> "Model | None":
+    """The built-in model whose method ``fn`` is (its ``gradients``, say), or None."""
+    owner = getattr(fn, "__self__", None)
+    return owner if isinstance(owner, Model) else None
 
 
 def labels_of(y: Any, xp: Any) -> Any:

@@ -26,6 +26,16 @@ class LeNet(Model):
         self.pad = self.k // 2
         self.last_bias = "b4"
 
+    def __repr__(self) -> str:
+        return f"LeNet(input_shape={(self.C, self.H, self.W)}, classes={self.classes})"
+
+    @property
+    def outputs(self) -> int:
+        return self.classes
+
+    def row_shape(self) -> tuple[int, ...]:
+        return (self.C, self.H, self.W)
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         k, flat = self.k, (self.H // 4) * (self.W // 4) * self.F2
         return {"W1": (k, k, self.C, self.F1), "b1": (self.F1,),

@@ -24,6 +24,20 @@ class MLP(Model):
         self.layers = len(self.sizes) - 1
         self.last_bias = f"b{self.layers}"
 
+    def __repr__(self) -> str:
+        if type(self) is SoftmaxRegression:
+            return f"SoftmaxRegression({self.sizes[0]}, {self.sizes[1]})"
+        if type(self) is LinearRegression:
+            return f"LinearRegression({self.sizes[0]}, {self.sizes[1]})"
+        return f"MLP({self.sizes})"
+
+    @property
+    def outputs(self) -> int:
+        return self.sizes[-1]
+
+    def row_shape(self) -> tuple[int, ...]:
+        return (self.sizes[0],)
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         out = {}
         for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:]), 1):

@@ -42,9 +42,14 @@ class ArrayOps:
             d *= h * (1 - h)
         db[...] = d.sum(axis=0)
 
+    def _check_labels(self, y, c):
+        if y.size and (int(y.min()) < 0 or int(y.max()) >= c):
+            raise ValueError("softmax cross-entropy: a label is outside [0, classes)")
+
     def softmax_xent(self, z, b, y, dz, db):
         xp = self.xp
         n = z.shape[0]
+        self._check_labels(y, z.shape[1])
         v = z + b
         v -= v.max(axis=1, keepdims=True)
         e = xp.exp(v)
@@ -58,6 +63,7 @@ class ArrayOps:
 
     def softmax_eval(self, z, b, y):
         xp = self.xp
+        self._check_labels(y, z.shape[1])
         v = z + b
         v -= v.max(axis=1, keepdims=True)
         ls = xp.log(xp.exp(v).sum(axis=1)) - v[xp.arange(len(y)), y]

@@ -89,7 +89,7 @@ class WorkerActor:
 
     def __init__(self, j: int, data: list, layout: Layout, upd: Callable, agg: Any,
                  hp: dict, batchsize: int, push: str, k: int, cuts: list[tuple[int, int]], threads: int,
-                 gpu: bool, shards: Sequence[Any] = ()):
+                 gpu: bool, shards: Sequence[Any] = (), keep_state: bool = False):
         limit_threads(threads)
         X, y = fetch(data)
         if gpu:
@@ -101,7 +101,8 @@ class WorkerActor:
         xp = self.device.xp
         self.mirror = _Mirror(j, layout.size, layout.dtype, k, xp)
         self.worker = w = Worker(j, self.device, X, y, np.arange(len(X)), layout, self.mirror, upd, hp,
-                                 make_rule(agg, hp), batchsize, push, alias=False, concurrent=False)
+                                 make_rule(agg, hp), batchsize, push, alias=False, concurrent=False,
+                                 keep_state=keep_state)
         if gpu:
             w.graphs = self.device.step_graphs(w)
         self.cuts, self.shards, self.j = cuts, list(shards), j
@@ -136,7 +137,7 @@ class WorkerActor:
         step, gradients pushed, one shard, on the CPU), used where they lie: no copy."""
         w = self.worker
         if nsteps == 1 and w.push == "gradients" and len(parts) == 1 and self.device.kind == "cpu":
-            w.params = w.layout.views(parts[0])
+            w.params = w.layout.views(parts[0], readonly=True)
             return
         w.params = self.params
         for (lo, hi), part in zip(self.cuts, parts):

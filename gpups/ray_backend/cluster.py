@@ -11,6 +11,12 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import site
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
 import warnings
 from typing import Any
 
@@ -42,6 +48,8 @@ class Cluster:
                      _node_ip_address="127.0.0.1",
                      logging_level="warning", log_to_driver=True)
         else:
+            if address != "auto":
+                probe(address)  # Ray itself retries an address where nothing listens for minutes
             ray.init(address=address, logging_level="warning")
         self.connected = True
 
@@ -53,6 +61,73 @@ class Cluster:
     def node_resources(self, name: str) -> list[float]:
         """``name`` (CPU, GPU) on each live node."""
         return [float(n["Resources"].get(name, 0.0)) for n in self.ray.nodes() if n.get("Alive")]
+
+
+def ship_by_value(ray: Any) -> list[Any]:
+    """Have Ray pickle by value the code of every loaded module that its worker processes could
+    not import by name: a test module, a helper module next to the user's script, a notebook's
+    files. Ray pickles functions by reference (module + name), so an ``upd`` defined in such a
+    module made every actor die with ``ModuleNotFoundError``. Modules of the standard library,
+    of site-packages and ``__main__`` (pickled by value anyway) are left as they are; for the
+    rest a fresh interpreter of this Python, with this environment, tells which it can import.
+    Returns the modules registered (undo with :func:`unship`)."""
+    roots = {os.path.realpath(p) for key in ("stdlib", "platstdlib", "purelib", "platlib")
+             if (p := sysconfig.get_paths().get(key))}
+    roots |= {os.path.realpath(p) for p in site.getsitepackages() + [site.getusersitepackages()]}
+    candidates = {}
+    for name, mod in list(sys.modules.items()):
+        path = getattr(mod, "__file__", None)
+        if not path or name == "__main__" or name.split(".")[0] in ("gpups", "ray"):
+            continue
+        real = os.path.realpath(path)
+        if not any(real.startswith(r + os.sep) for r in roots):
+            candidates[name] = mod
+    if not candidates:
+        return []
+    missing = _unimportable(sorted({n.split(".")[0] for n in candidates}))
+    shipped = []
+    for name, mod in candidates.items():
+        if name.split(".")[0] in missing and not ray.cloudpickle.cloudpickle._is_registered_pickle_by_value(mod):
+            ray.cloudpickle.register_pickle_by_value(mod)
+            shipped.append(mod)
+    return shipped
+
+
+def unship(ray: Any, modules: list[Any]) -> None:
+    for mod in modules:
+        try:
+            ray.cloudpickle.unregister_pickle_by_value(mod)
+        except ValueError:
+            pass
+
+
+def _unimportable(names: list[str]) -> set[str]:
+    """The top-level module names a fresh interpreter (same Python, same environment, without
+    the caller's script folder or working directory on its path) cannot find."""
+    code = ("import importlib.util, sys; sys.path.pop(0); "
+            "print('\\n'.join(n for n in sys.argv[1:] if importlib.util.find_spec(n) is None))")
+    try:
+        out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, timeout=60,
+                             cwd=tempfile.gettempdir(), check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set(names)  # cannot tell: by value is safe for modules of the user's own
+    return set(out.split())
+
+
+PROBE_TIMEOUT = 10.0  # seconds for a TCP connection to a cluster's head
+
+
+def probe(address: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """A ``ValueError`` naming ``address`` unless something accepts a TCP connection there."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"ray_address={address!r}: no Ray cluster answers there ({type(exc).__name__}: {exc}); "
+                         "expected the host:port of a running cluster's head (`ray start --head` prints it), "
+                         "'auto' for the cluster on this machine, or None to start a local instance") from None
 
 
 def warn_small_shm() -> None:

@@ -31,7 +31,7 @@ from ..streams import InlineStream, StreamError
 from ..sync import make_policy
 from ..worker import Accounts
 from .actors import ShardActor, WorkerActor
-from .cluster import Cluster, share
+from .cluster import Cluster, share, ship_by_value, unship
 
 RESTARTS = 3          # per actor
 READY_TIMEOUT = 300.0  # seconds for every actor to be placed and started
@@ -199,6 +199,7 @@ class RayRun(Run):
                parts: list[np.ndarray], upd: Callable, hp: dict, evaluate: Callable | None,
                val: tuple[Any, Any] | None, device: str) -> None:
         ray = self.ray = self.cluster.ray
+        self.shipped = ship_by_value(ray)  # user functions in modules the actors cannot import
         self.opts, self.layout, self.hp, self.evaluate, self.val = opts, layout, hp, evaluate, val
         self.device = RayDevice(ray)
         self.actors: list[Any] = []
@@ -231,14 +232,18 @@ class RayRun(Run):
         data = [[ray.put(np.ascontiguousarray(features[rows])), ray.put(ys[rows])] for rows in parts]
         self.data_refs += [r for pair in data for r in pair]
         actors = [worker_cls.remote(j, data[j], layout, upd, opts.agg, hp, opts.batchsize, opts.push, k, cuts,
-                                    max(1, int(cpus)), gpus > 0, shards if hogwild else ())
+                                    max(1, int(cpus)), gpus > 0, shards if hogwild else (),
+                                    keep_state=opts.nonfinite == "skip")
                   for j in range(k)]
         self.actors += actors
         try:
-            ray.get([a.ready.remote() for a in self.actors], timeout=READY_TIMEOUT)
+            pids = ray.get([a.ready.remote() for a in self.actors], timeout=READY_TIMEOUT)
         except ray.exceptions.GetTimeoutError:
             raise TimeoutError(f"backend='ray': the {len(self.actors)} actors were not all placed within "
                                f"{READY_TIMEOUT:.0f} s (cluster resources: {ray.available_resources()})") from None
+        # the actors' processes at the start (what a test that kills one of them needs, no more)
+        self.pids = dict(zip([f"server shard {s}" for s in range(len(shards))] + [f"worker {j}" for j in range(k)],
+                             pids))
         self.server = RemoteServer(ray, shards, cuts, k)
         self.server.names.update({a._actor_id.hex(): f"worker {j}" for j, a in enumerate(actors)})
         self.server.current = self.data_refs[:len(cuts)]
@@ -384,4 +389,6 @@ class RayRun(Run):
             except Exception:
                 pass
         self.actors = []
+        unship(self.cluster.ray, getattr(self, "shipped", []))
+        self.shipped = []
         self.cluster.close()

@@ -1,0 +1,137 @@
+"""What each sync mode, scale and scheme means, checked against plain numpy loops written here
+(issue 18): each test fails on one of the small semantic edits that the older suite let pass."""
+import numpy as np
+import pytest
+
+import gpups
+from gpups.partition import partition
+from helpers import small_net
+
+
+def problem(n, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((3, 6)) * 2
+    y = rng.integers(0, 3, n)
+    X = centres[y] + rng.standard_normal((n, 6))
+    return X, y.astype(np.int64)
+
+
+def train(X, y, **kw):
+    net = small_net()
+    args = dict(upd=net.gradients, device="cpu", progress=False, agg="sgd", hyperparams={"lr": 0.1})
+    args.update(kw)
+    return gpups.paramserv(net.init(0, dtype=np.float64), X, y, **args).model
+
+
+def close(a, b, tol=1e-12):
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=tol, atol=tol, err_msg=name)
+
+
+def grad(p, X, y):
+    return small_net().gradients(p, X, y, {})[0]
+
+
+# -- BSP: the mean of the pushes of the workers that have a batch in the round -------------------
+def test_bsp_rounds_with_fewer_workers_average_over_those_that_pushed():
+    """241 rows, k=4, batch 30: partitions 61/60/60/60, so round 3 has worker 0 alone (1 row)."""
+    X, y = problem(241)
+    lr, bs = 0.1, 30
+    blocks = [np.arange(0, 61), np.arange(61, 121), np.arange(121, 181), np.arange(181, 241)]
+    p = small_net().init(0, dtype=np.float64)
+    for _ in range(2):
+        for r in range(3):
+            gs = [grad(p, X[b[r * bs:(r + 1) * bs]], y[b[r * bs:(r + 1) * bs]]) for b in blocks if r * bs < len(b)]
+            p = {n: p[n] - lr * sum(g[n] for g in gs) / len(gs) for n in p}
+    close(train(X, y, utype="BSP", k=4, batchsize=bs, epochs=2), p)
+
+
+# -- Adam: the textbook algorithm, bias corrections from t = 1 -----------------------------------
+@pytest.mark.parametrize("servers", [1, 2])
+def test_adam_with_one_worker_is_textbook_adam(servers):
+    X, y = problem(96)
+    lr, b1, b2, eps, bs = 0.01, 0.9, 0.999, 1e-8, 16
+    p = small_net().init(0, dtype=np.float64)
+    m = {n: np.zeros_like(v) for n, v in p.items()}
+    v = {n: np.zeros_like(a) for n, a in p.items()}
+    t = 0
+    for _ in range(2):
+        for lo in range(0, 96, bs):
+            t += 1
+            g = grad(p, X[lo:lo + bs], y[lo:lo + bs])
+            for n in p:
+                m[n] = b1 * m[n] + (1 - b1) * g[n]
+                v[n] = b2 * v[n] + (1 - b2) * g[n] ** 2
+                p[n] = p[n] - lr * (m[n] / (1 - b1 ** t)) / (np.sqrt(v[n] / (1 - b2 ** t)) + eps)
+    got = train(X, y, agg="adam", hyperparams={"lr": lr}, k=1, batchsize=bs, epochs=2, servers=servers)
+    close(got, p, 1e-10)
+
+
+# -- non-finite pushes: every worker's is checked -------------------------------------------------
+def nan_for_rows(rows, X):
+    """An upd whose gradient is NaN for batches that start with one of ``rows``."""
+    net = small_net()
+    firsts = {tuple(X[r]) for r in rows}
+
+    def upd(p, xb, yb, hp):
+        g, loss = net.gradients(p, xb, yb, hp)
+        if tuple(xb[0]) in firsts:
+            g = {n: v * np.nan for n, v in g.items()}
+        return g, loss
+    return upd
+
+
+@pytest.mark.parametrize("j", [0, 1, 2, 3])
+def test_a_nan_push_of_any_worker_is_caught(j):
+    X, y = problem(240)
+    first = 60 * j + 20  # worker j's 3rd batch (contiguous blocks of 60, batch 10)
+    with pytest.raises(gpups.WorkerError, match=rf"worker {j} failed: its gradient held NaN or Inf in epoch 1, batch 3"):
+        train(X, y, upd=nan_for_rows([first], X), k=4, batchsize=10)
+    skipped = gpups.paramserv(small_net().init(0, dtype=np.float64), X, y, upd=nan_for_rows([first], X), k=4,
+                              batchsize=10, device="cpu", progress=False, nonfinite="skip").history[0]["skipped"]
+    assert skipped == [1 if i == j else 0 for i in range(4)]
+
+
+# -- async scales: each push moves the model by 1/k of its payload --------------------------------
+@pytest.mark.parametrize("utype,extra", [("HOGWILD", {}), ("ASP", {}), ("SSP", {"staleness": 100})])
+def test_async_push_scale_is_one_over_k(utype, extra):
+    """k=2, worker 1's pushes are all non-finite and skipped: the model is plain SGD over worker
+    0's rows with lr/k, whatever worker 1 does meanwhile."""
+    X, y = problem(120)
+    lr, bs, k = 0.2, 10, 2
+    got = train(X, y, upd=nan_for_rows(range(60, 120), X), utype=utype, k=k, batchsize=bs, epochs=2,
+                nonfinite="skip", hyperparams={"lr": lr}, **extra)
+    p = small_net().init(0, dtype=np.float64)
+    for _ in range(2):
+        for lo in range(0, 60, bs):
+            g = grad(p, X[lo:lo + bs], y[lo:lo + bs])
+            p = {n: p[n] - lr / k * g[n] for n in p}
+    close(got, p)
+
+
+# -- partitions: the actual rows each worker gets ---------------------------------------------------
+def test_partition_blocks_are_pinned():
+    as_lists = lambda parts: [p.tolist() for p in parts]  # noqa: E731
+    assert as_lists(partition(10, 3, "disjoint_contiguous", 0)) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert as_lists(partition(10, 3, "disjoint_round_robin", 0)) == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert as_lists(partition(10, 3, "disjoint_random", 0)) == [[4, 6, 2, 7], [3, 5, 9], [0, 8, 1]]
+    assert as_lists(partition(5, 2, "overlap_reshuffle", 0)) == [[2, 4, 3, 0, 1], [4, 1, 2, 0, 3]]
+    for scheme in ("disjoint_random", "overlap_reshuffle"):
+        a, b, c = (as_lists(partition(10, 3, scheme, s)) for s in (1, 1, 2))
+        assert a == b and a != c  # seeded: the same seed deals the same rows, another seed others
+    for scheme in ("disjoint_contiguous", "disjoint_round_robin", "disjoint_random"):
+        parts = partition(11, 4, scheme, 3)
+        assert sorted(np.concatenate(parts).tolist()) == list(range(11))
+        assert all(p.dtype == np.int64 for p in parts)
+
+
+def test_bsp_trains_each_worker_on_its_contiguous_block():
+    """k=3 over 10 rows, batch 3: round 1 is the mean of the gradients of rows 0-2, 4-6 and 7-9,
+    round 2 worker 0's last row (3) alone."""
+    X, y = problem(10)
+    p = small_net().init(0, dtype=np.float64)
+    gs = [grad(p, X[a:b], y[a:b]) for a, b in ((0, 3), (4, 7), (7, 10))]
+    p = {n: p[n] - 0.1 * sum(g[n] for g in gs) / 3 for n in p}
+    g = grad(p, X[3:4], y[3:4])
+    want = {n: p[n] - 0.1 * g[n] for n in p}
+    close(train(X, y, k=3, batchsize=3), want)
