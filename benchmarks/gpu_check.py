@@ -30,7 +30,7 @@ def log(*a):
 def run_tests(timeout: int) -> None:
     t = time.time()
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "--maxfail=12", "--tb=short", "-p", "no:cacheprovider",
-           "tests/test_gpu.py", "tests/test_kernels.py"]
+           "tests/test_gpu.py", "tests/test_kernels.py", "tests/test_gpu_hazards.py"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         out = proc.stdout + proc.stderr
@@ -45,6 +45,32 @@ def run_tests(timeout: int) -> None:
     R["tests_seconds"] = round(time.time() - t, 1)
     if R["tests_rc"] != 0:
         log("\n".join(lines[-60:]))
+
+
+def sanitizer(timeout: int = 240) -> None:
+    """The hazard tests once under compute-sanitizer memcheck, and the update-kernel tests under
+    racecheck (skipped, and said so, where the tool is not installed)."""
+    import shutil
+
+    tool = shutil.which("compute-sanitizer") or next(
+        (p for p in ("/usr/local/cuda/bin/compute-sanitizer", "/opt/cuda/bin/compute-sanitizer") if os.path.exists(p)),
+        None)
+    if tool is None:
+        R["sanitizer"] = "compute-sanitizer not found"
+        return
+    runs = {"memcheck": ["tests/test_gpu_hazards.py"], "racecheck": ["tests/test_kernels.py", "-k", "update"]}
+    for check, target in runs.items():
+        cmd = [tool, "--tool", check, "--error-exitcode", "99", sys.executable, "-m", "pytest", "-q", "-m", "gpu",
+               "-p", "no:cacheprovider", *target]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout // 2)
+            out, rc = proc.stdout + proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired:
+            out, rc = "", "timeout"
+        with open(os.path.join(OUT, f"sanitizer_{check}.log"), "w") as f:
+            f.write(out)
+        errors = [ln for ln in out.splitlines() if "ERROR SUMMARY" in ln or "RACECHECK SUMMARY" in ln]
+        R[f"sanitizer_{check}"] = f"rc {rc}; " + ("; ".join(errors[-2:]) or (out.strip().splitlines() or ["-"])[-1])
 
 
 def bandwidth():
@@ -168,6 +194,8 @@ def main():
         run_tests(args.test_timeout)
         log("tests:", R["tests_summary"], f"({R['tests_seconds']} s)")
     steps = [("bandwidth", bandwidth)]
+    if not args.skip_tests:
+        steps.insert(0, ("compute-sanitizer", sanitizer))
     for utype, k in [("BSP", 1), ("BSP", 8), ("ASP", 8), ("HOGWILD", 8), ("BSP", 16)]:
         steps.append((f"gpups {utype} k={k}", lambda u=utype, kk=k: gpups_mlp(u, kk)))
     # device slots on the one GPU: the cost of the copies a GPU list makes (not a two-GPU figure)
@@ -193,6 +221,8 @@ def main():
         json.dump(R, f, indent=1, default=str)
     log("\n==== gpu_check", R["gpu"], "====")
     log("tests:", R.get("tests_summary", "skipped"))
+    for key in sorted(k for k in R if k.startswith("sanitizer")):
+        log(f"{key:34} {R[key]}")
     for key in ("copy_TBps", "agg_momentum_TBps", "agg_fraction_of_copy"):
         if key in R:
             log(f"{key:34} {R[key]:10.3f}")

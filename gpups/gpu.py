@@ -80,7 +80,12 @@ class CudaStream:
         pass
 
     def close(self) -> None:
-        pass
+        """The stream's run is over: its cuBLAS handle (and 32 MiB workspace), its kernel
+        scratch and the models' workspaces kept for it go (stream pointers recur)."""
+        try:
+            self.raw.synchronize()
+        finally:
+            release_stream(self.device_id, self.raw.ptr)
 
 
 class CUDADevice:
@@ -123,12 +128,19 @@ class CUDADevice:
     def server_stream(self, s: int) -> CudaStream:
         return CudaStream(f"server shard {s}", self.ids[self.shard_slot(s)], self.slots > 1)
 
+    SPIN = 200  # polls before the scheduler starts sleeping between them
+
     def wait_any(self, events: Sequence[CudaEvent]) -> list[int]:
+        """Indices of the events done, once one is: a few hundred quick polls (an interval is
+        often microseconds from its end), then polls 50 us apart, so a long wait does not keep
+        a core busy."""
+        polls = 0
         while True:
             ready = [i for i, e in enumerate(events) if e.done]
             if ready:
                 return ready
-            time.sleep(0)
+            polls += 1
+            time.sleep(0 if polls < self.SPIN else 5e-5)
 
     def place(self, array: Any, slot: int = 0) -> Any:
         if isinstance(array, cp.ndarray) and array.device.id != self.ids[slot]:
@@ -141,8 +153,13 @@ class CUDADevice:
         key = (slot, idx if type(idx) is tuple else tuple(idx))
         arr = self._rows.get(key)
         if arr is None:
-            with self.on(slot):
-                arr = self._rows[key] = cp.asarray(np.asarray(key[1], np.int64))
+            # A new set is copied synchronously on the null stream, so that every kernel launched
+            # later, on any stream, reads it whole: an asynchronous copy on whatever stream is
+            # current is unordered with the non-blocking shard streams that read it.
+            with self.on(slot), cp.cuda.Stream.null:
+                arr = cp.asarray(np.asarray(key[1], np.int64))
+                cp.cuda.Stream.null.synchronize()
+            self._rows[key] = arr
         return arr
 
     @staticmethod
@@ -174,6 +191,15 @@ class CUDADevice:
             warn_once(f"worker steps run eagerly (no CUDA graph): {reason}")
             return None
         return IntervalGraphs(worker)
+
+
+def release_stream(device_id: int, ptr: int) -> None:
+    from .kernels import cublas, cuda_nn
+    from .models.base import release_workspaces
+
+    cublas.release(device_id, ptr)
+    cuda_nn.ops().release(device_id, ptr)
+    release_workspaces((device_id, ptr))
 
 
 def warn_once(msg: str) -> None:
@@ -249,6 +275,7 @@ class IntervalGraphs:
     def __init__(self, worker: Any):
         self.w = worker
         self.graphs: dict[int, Any] = {}
+        self.held: dict[int, list] = {}  # per graph: the workspaces it writes (kept alive with it)
         self.warm: set[int] = set()
         self.disabled = False
         X, y, bs = worker.X, worker.y, worker.batchsize
@@ -286,15 +313,21 @@ class IntervalGraphs:
         return True
 
     def capture(self, nsteps: int) -> Any:
+        """Capture an interval. Whatever memory it touches must outlive the graph: the worker's
+        buffers (its own), the model's workspaces (held here), the kernels' scratch (per stream,
+        kept until the stream closes); the captured work allocates nothing (tested)."""
+        from .models.base import holding_workspaces
+
         s = self.w.stream.raw
         graph = None
         try:
-            with cp.cuda.Device(self.w.stream.device_id), s:
+            with cp.cuda.Device(self.w.stream.device_id), s, holding_workspaces() as held:
                 s.begin_capture()
                 try:
                     self.w.interval(nsteps, self.w.cursor - nsteps, graph=self)
                 finally:
                     graph = s.end_capture()
+            self.held[nsteps] = held
         except Exception as exc:  # eager from now on, correctly
             self.disabled = True
             warn_once(f"worker steps run eagerly: capturing a CUDA graph failed ({type(exc).__name__}: {exc})")

@@ -39,10 +39,15 @@ class Run:
         # it keeps a replica and its pushes are applied on the shards' streams (hogwild_interval).
         self.unlocked = opts.utype == "hogwild" and device.slots == 1
         alias = (opts.utype == "bsp" or self.unlocked) and opts.freq == "batch" and opts.push == "gradients"
-        self.workers = [Worker(j, device, features, labels, rows, layout, self.server, upd, hp,
-                               make_rule(opts.agg, hp), opts.batchsize, opts.push, alias, opts.k > 1,
-                               keep_state=opts.nonfinite == "skip")
-                        for j, rows in enumerate(parts)]
+        self.workers: list[Worker] = []
+        try:
+            for j, rows in enumerate(parts):
+                self.workers.append(Worker(j, device, features, labels, rows, layout, self.server, upd, hp,
+                                           make_rule(opts.agg, hp), opts.batchsize, opts.push, alias, opts.k > 1,
+                                           keep_state=opts.nonfinite == "skip"))
+        except BaseException:  # (out of memory on the device, say): stop the threads started
+            self.close()
+            raise
         for w in self.workers:
             if opts.utype == "hogwild":  # the worker's own stream pulls (and pushes), unlocked
                 w.head = None if alias else w.pull_unlocked
@@ -187,6 +192,7 @@ class Run:
     def close(self) -> None:
         for w in self.workers:
             w.stream.close()
+        self.server.close()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:

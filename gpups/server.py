@@ -247,6 +247,11 @@ class ParamServer:
         for sh in self.shards:
             sh.stream.synchronize()
 
+    def close(self) -> None:
+        """The run is over: the shards' streams (and HOGWILD's per-worker ones) go."""
+        for stream in [sh.stream for sh in self.shards] + list(self._streams.values()):
+            stream.close()
+
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         to_host = self.device.to_host

@@ -40,12 +40,20 @@ def _load() -> Any:
     lib.cublasCreate_v2.argtypes = [ctypes.POINTER(_H)]
     lib.cublasSetStream_v2.argtypes = [_H, ctypes.c_void_p]
     lib.cublasSetWorkspace_v2.argtypes = [_H, ctypes.c_void_p, ctypes.c_size_t]
+    lib.cublasDestroy_v2.argtypes = [_H]
     for name, ctype in (("cublasSgemm_v2", ctypes.c_float), ("cublasDgemm_v2", ctypes.c_double)):
         getattr(lib, name).argtypes = [_H, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                        ctypes.POINTER(ctype), ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                        ctypes.c_int, ctypes.POINTER(ctype), ctypes.c_void_p, ctypes.c_int]
     _lib = lib
     return lib
+
+
+def release(device_id: int, stream_ptr: int) -> None:
+    """Destroy the handle of a stream that is about to go (and let its workspace go back)."""
+    handle = _handles.pop((device_id, stream_ptr), None)
+    if handle is not None and _lib is not None:
+        _lib.cublasDestroy_v2(handle.h)
 
 
 class _Handle:
@@ -90,8 +98,14 @@ def gemm(a: Any, b: Any, out: Any) -> Any:
     B, tb = _operand(b)
     if not out.flags.c_contiguous:
         raise ValueError("gemm output must be C-contiguous")
+    if a.ndim != 2 or b.ndim != 2 or out.ndim != 2:
+        raise ValueError(f"gemm needs 2-D arrays; got {a.shape} @ {b.shape} -> {out.shape}")
     m, k = a.shape
     n = b.shape[1]
+    if b.shape[0] != k or out.shape != (m, n):
+        raise ValueError(f"gemm shapes do not match: {a.shape} @ {b.shape} -> {out.shape}")
+    if max(m, n, k, A.shape[1], B.shape[1]) >= 2**31:
+        raise ValueError(f"gemm dimensions must be below 2**31 (cuBLAS takes int): {a.shape} @ {b.shape}")
     t = out.dtype.type
     fn = lib.cublasSgemm_v2 if t is np.float32 else lib.cublasDgemm_v2
     _check(fn(handle.h, 1 if tb else 0, 1 if ta else 0, n, m, k, ctypes.byref(_ONE[t]),

@@ -24,11 +24,16 @@ class CudaOps:
         self._scratch: dict[tuple, Any] = {}
 
     def scratch(self, tag: str, shape: tuple, dtype: Any) -> Any:
-        key = (cp.cuda.get_current_stream().ptr, tag, shape, np.dtype(dtype).str)
+        key = (cp.cuda.Device().id, cp.cuda.get_current_stream().ptr, tag, shape, np.dtype(dtype).str)
         buf = self._scratch.get(key)
         if buf is None:
             buf = self._scratch[key] = cp.empty(shape, dtype)
         return buf
+
+    def release(self, device_id: int, stream_ptr: int) -> None:
+        """Drop the scratch buffers of a stream that goes."""
+        for key in [k for k in self._scratch if k[:2] == (device_id, stream_ptr)]:
+            del self._scratch[key]
 
     @staticmethod
     def gemm(a: Any, b: Any, out: Any) -> Any:
@@ -109,11 +114,12 @@ class CudaOps:
 
 def gather_xy(x: Any, xb: Any, y: Any, yb: Any, counter: Any, flag: Any = None) -> None:
     """xb, yb = the counter[0]-th batch of x and y, in one launch; flag (one int64), if given,
-    is cleared too."""
-    xw, yw = xb.nbytes // 4, yb.nbytes // 4
-    function_plain("gather_batch")((blocks(xw + yw),), (THREADS,),
-                                   (x, xb, np.int64(xw), y, yb, np.int64(yw), counter,
-                                    np.uint64(0) if flag is None else flag))
+    is cleared too. Copies 4-byte words where both batches allow it, else bytes."""
+    unit = 4 if xb.nbytes % 4 == 0 and yb.nbytes % 4 == 0 else 1
+    xw, yw = xb.nbytes // unit, yb.nbytes // unit
+    function_plain("gather_batch_u32" if unit == 4 else "gather_batch_u8")(
+        (blocks(xw + yw),), (THREADS,),
+        (x, xb, np.int64(xw), y, yb, np.int64(yw), counter, np.uint64(0) if flag is None else flag))
 
 
 def counter_inc(counter: Any) -> None:

@@ -11,6 +11,19 @@ template <typename T> __device__ __forceinline__ T neg_inf();
 template <> __device__ __forceinline__ float neg_inf<float>() { return -__int_as_float(0x7f800000); }
 template <> __device__ __forceinline__ double neg_inf<double>() { return -__longlong_as_double(0x7ff0000000000000LL); }
 
+template <typename T> __device__ __forceinline__ T quiet_nan();
+template <> __device__ __forceinline__ float quiet_nan<float>() { return __int_as_float(0x7fc00000); }
+template <> __device__ __forceinline__ double quiet_nan<double>() { return __longlong_as_double(0x7ff8000000000000LL); }
+
+// A label outside [0, c) never indexes memory: that row's gradient and loss become NaN, so the
+// push is flagged non-finite (skipped and named) instead of corrupting a neighbour's row.
+#define BAD_LABEL_ROW(yi, c, di, lrow_i)                       \
+  if ((yi) < 0 || (yi) >= (c)) {                               \
+    for (int j = 0; j < (c); ++j) (di)[j] = quiet_nan<T>();    \
+    lrow_i = quiet_nan<T>();                                   \
+    continue;                                                  \
+  }
+
 template <typename T>
 __device__ __forceinline__ T activate(T v, int act) {
   if (act == 0) return v > (T)0 ? v : (T)0;
@@ -86,6 +99,7 @@ __device__ void softmax_xent(const T* z, const T* b, const long long* y, T* dz, 
     T s = 0;
     for (int j = 0; j < c; ++j) { T e = exp(di[j] - mx); di[j] = e; s += e; }
     const long long yi = y[i];
+    BAD_LABEL_ROW(yi, c, di, lrow[i])
     lrow[i] = (log(s) + mx - (zi[yi] + b[yi])) / (T)n;
     const T inv = (T)1 / (s * (T)n);
     for (int j = 0; j < c; ++j) di[j] *= inv;
@@ -107,6 +121,7 @@ __device__ void softmax_xent_block(const T* z, const T* b, const long long* y, T
     T s = 0;
     for (int j = 0; j < c; ++j) { T e = exp(di[j] - mx); di[j] = e; s += e; }
     const long long yi = y[i];
+    BAD_LABEL_ROW(yi, c, di, lrow[i])
     lrow[i] = (log(s) + mx - (zi[yi] + b[yi])) / (T)n;
     const T inv = (T)1 / (s * (T)n);
     for (int j = 0; j < c; ++j) di[j] *= inv;
@@ -139,6 +154,7 @@ __device__ void softmax_eval(const T* z, const T* b, const long long* y, T* lrow
     T s = 0;
     for (int j = 0; j < c; ++j) s += exp(zi[j] + b[j] - mx);
     const long long yi = y[i];
+    if (yi < 0 || yi >= c) { lrow[i] = quiet_nan<T>(); hit[i] = (T)0; continue; }
     lrow[i] = log(s) + mx - (zi[yi] + b[yi]);
     hit[i] = arg == yi ? (T)1 : (T)0;
   }
@@ -252,15 +268,29 @@ INSTANTIATE(double, f64)
 
 // Features and labels of the batch at the device-side counter, in one launch.
 // (The first thread also clears the worker's non-finite flag for the interval, when given one.)
-extern "C" __global__ void gather_batch(const unsigned int* x, unsigned int* xb, long long xwords,
-                                        const unsigned int* y, unsigned int* yb, long long ywords,
-                                        const long long* counter, long long* flag) {
+// xb, yb = batch counter[0] of x and y, copied in words of type W (4 bytes where both batches are
+// a multiple of 4 bytes; single bytes otherwise, e.g. 2-byte labels in an odd batch size).
+template <typename W>
+__device__ void gather_batch(const W* x, W* xb, long long xwords, const W* y, W* yb, long long ywords,
+                             const long long* counter, long long* flag) {
   const long long c = counter[0];
   if (flag != 0 && blockIdx.x == 0 && threadIdx.x == 0) *flag = 0;
   GRID_STRIDE(t, xwords + ywords) {
     if (t < xwords) xb[t] = x[c * xwords + t];
     else yb[t - xwords] = y[c * ywords + (t - xwords)];
   }
+}
+
+extern "C" __global__ void gather_batch_u32(const unsigned int* x, unsigned int* xb, long long xwords,
+                                            const unsigned int* y, unsigned int* yb, long long ywords,
+                                            const long long* counter, long long* flag) {
+  gather_batch<unsigned int>(x, xb, xwords, y, yb, ywords, counter, flag);
+}
+
+extern "C" __global__ void gather_batch_u8(const unsigned char* x, unsigned char* xb, long long xwords,
+                                           const unsigned char* y, unsigned char* yb, long long ywords,
+                                           const long long* counter, long long* flag) {
+  gather_batch<unsigned char>(x, xb, xwords, y, yb, ywords, counter, flag);
 }
 
 extern "C" __global__ void counter_inc(long long* counter) {

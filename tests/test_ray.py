@@ -294,7 +294,7 @@ def test_an_address_where_nothing_listens_is_named_quickly():
         X = np.zeros((40, 4)); y = np.zeros(40, np.int64)
         t0 = time.time()
         try:
-            gpups.paramserv(net.init(0), X, y, upd=net.gradients, backend="ray", progress=False,
+            gpups.paramserv(net.init(0), X, y, upd=net.gradients, backend="ray", progress=False, batchsize=8,
                             ray_address=f"127.0.0.1:{port}", device="cpu")
         except ValueError as exc:
             print("ERR", time.time() - t0, exc)

@@ -1,9 +1,11 @@
 """What every built-in model shares: init on a device, loss/predict/evaluate, workspaces."""
 from __future__ import annotations
 
+import contextlib
 import threading
+import weakref
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -18,11 +20,36 @@ def xp_of(a: Any) -> Any:
     return np
 
 
-def stream_key(xp: Any) -> int:
-    """Workspaces are per thread (CPU workers) and per CUDA stream (GPU workers)."""
+def stream_key(xp: Any) -> Any:
+    """Workspaces are per thread (CPU workers) and per (GPU, CUDA stream) (GPU workers)."""
     if xp is np:
         return threading.get_ident()
-    return xp.cuda.get_current_stream().ptr
+    return (xp.cuda.Device().id, xp.cuda.get_current_stream().ptr)
+
+
+_with_device_workspaces: "weakref.WeakSet[Model]" = weakref.WeakSet()
+_capture = threading.local()  # .held: workspaces a CUDA graph being captured uses
+
+
+def release_workspaces(key: Any) -> None:
+    """Forget the workspaces kept for a (GPU, stream) that goes (a graph that used them holds
+    its own references)."""
+    for model in list(_with_device_workspaces):
+        cache = model.__dict__.get("_ws", {})
+        for k in [k for k in cache if k[0] == key]:
+            del cache[k]
+
+
+@contextlib.contextmanager
+def holding_workspaces() -> Iterator[list]:
+    """While a CUDA graph is captured: the workspaces it uses are appended to the yielded list,
+    which the graph keeps for its lifetime (a replay writes there, whatever the cache evicts)."""
+    held: list = []
+    _capture.held = held
+    try:
+        yield held
+    finally:
+        _capture.held = None
 
 
 class Model:
@@ -121,10 +148,15 @@ class Model:
         ws = cache.get(key)
         if ws is None:
             ws = cache[key] = {name: xp.empty(shape, dtype) for name, shape in self.buffers(n).items()}
+            if xp is not np:
+                _with_device_workspaces.add(self)
             while len(cache) > self.max_workspaces:  # threads and streams of finished runs
                 cache.popitem(last=False)
         else:
             cache.move_to_end(key)
+        held = getattr(_capture, "held", None)
+        if held is not None:
+            held.append(ws)
         return ws
 
     def buffers(self, n: int) -> dict[str, tuple[int, ...]]:
@@ -146,7 +178,7 @@ class Model:
         if self.classifier:
             loss = ops.softmax_xent(z, params[last_b], labels_of(y, xp), ws["dz"], out[last_b])
         else:
-            loss = _mse(z, params[last_b], y, ws["dz"], out[last_b])
+            loss = _mse(z, params[last_b], y, ws["dz"], out[last_b], ws.get("loss"))
         self.backward(params, ws, ws["dz"], out, ops)
         reg = (hyperparams or {}).get("reg", 0.0)
         if reg:
@@ -229,13 +261,20 @@ def labels_of(y: Any, xp: Any) -> Any:
     return y if y.dtype == xp.int64 else y.astype(xp.int64)
 
 
-def _mse(z: Any, b: Any, y: Any, dz: Any, db: Any) -> Any:
-    """0.5 * mean squared error of z + b against y; dz and db its gradients (no temporaries)."""
+def _mse(z: Any, b: Any, y: Any, dz: Any, db: Any, loss: Any = None) -> Any:
+    """0.5 * mean squared error of z + b against y; dz and db its gradients. With ``loss`` (a
+    0-d workspace buffer) nothing is allocated, so the step can be captured in a CUDA graph."""
     xp = xp_of(z)
     n = z.shape[0]
     xp.add(z, b, out=dz)
     dz -= y.reshape(z.shape)
-    loss = 0.5 * xp.vdot(dz, dz) / n
+    if loss is None or xp is np:
+        value = 0.5 * xp.vdot(dz, dz) / n
+    else:
+        flat = dz.reshape(-1)
+        xp.dot(flat, flat, out=loss)
+        loss *= 0.5 / n
+        value = loss
     dz *= 1.0 / n
     dz.sum(axis=0, out=db)
-    return loss
+    return value

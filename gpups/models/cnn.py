@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .base import Model, xp_of
+from .base import Model
 from .ops import RELU
 
 
@@ -54,6 +54,7 @@ class LeNet(Model):
             "dz": (n, self.classes), "d3": (n, self.hidden), "dp2": (n, H4 * W4 * self.F2),
             "da2": (n * H2 * W2, self.F2), "dcols2": (n * H2 * W2, kk * self.F1),
             "dp1": (n, H2, W2, self.F1), "da1": (n * H * W, self.F1),
+            **({"x4": (n, H, W, self.C)} if self.C > 1 else {}),
         }
 
     def workspace(self, xp: Any, n: int, dtype: Any) -> dict[str, Any]:
@@ -63,16 +64,18 @@ class LeNet(Model):
             ws["arg2"] = xp.empty(ws["arg2"].shape, xp.int64)
         return ws
 
-    def _nhwc(self, x: Any) -> Any:
+    def _nhwc(self, x: Any, ws: dict[str, Any]) -> Any:
+        """The batch in channels-last layout (into a workspace buffer: nothing is allocated)."""
         n = x.shape[0]
         x = x.reshape(n, self.C, self.H, self.W)
         if self.C == 1:
             return x.reshape(n, self.H, self.W, 1)
-        return xp_of(x).ascontiguousarray(x.transpose(0, 2, 3, 1))
+        ws["x4"][...] = x.transpose(0, 2, 3, 1)
+        return ws["x4"]
 
     def logits(self, params: dict[str, Any], x: Any, ws: dict[str, Any], ops: Any) -> Any:
         n, k, pad = x.shape[0], self.k, self.pad
-        x4 = self._nhwc(x)
+        x4 = self._nhwc(x, ws)
         ops.im2col(x4, k, k, pad, ws["cols1"])
         ops.gemm(ws["cols1"], params["W1"].reshape(-1, self.F1), ws["a1"])
         ops.bias_act(ws["a1"], params["b1"], RELU)

@@ -48,6 +48,7 @@ class MLP(Model):
         bufs = {f"h{i}": (n, m) for i, m in enumerate(self.sizes[1:], 1)}
         bufs.update({f"d{i}": (n, m) for i, m in enumerate(self.sizes[1:-1], 1)})
         bufs["dz"] = (n, self.sizes[-1])
+        bufs["loss"] = ()
         return bufs
 
     def logits(self, params: dict[str, Any], x: Any, ws: dict[str, Any], ops: Any) -> Any:
