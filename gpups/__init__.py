@@ -3,8 +3,9 @@
 >>> import gpups
 >>> result = gpups.paramserv(params, X, y, upd=grad_fn, utype="BSP", k=4)  # doctest: +SKIP
 """
+from .capture import graph_safe
 from .errors import WorkerError
 from .paramserv import Result, paramserv
 
-__all__ = ["paramserv", "Result", "WorkerError"]
+__all__ = ["paramserv", "Result", "WorkerError", "graph_safe"]
 __version__ = "0.1.0"

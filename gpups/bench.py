@@ -104,11 +104,11 @@ def run_scenario(sc: Scenario) -> dict[str, Any]:
     kw = {"staleness": 2} if sc.utype == "SSP" else {"backup_workers": 1} if sc.utype == "SBP" else {}
     gc.collect()
     pool = _device_pool(dev)
-    trace = dev.kind == "cpu"  # on a GPU tracing every host allocation slows the async scheduler
+    trace = dev.host_memory  # on a GPU tracing every host allocation slows the async scheduler
     if trace:
         tracemalloc.start()
     t0 = time.perf_counter()
-    res = gpups.paramserv(net.init(0, device="cuda" if dev.kind == "cuda" else "cpu"), X, y,
+    res = gpups.paramserv(net.init(0, device="cuda" if not dev.host_memory else "cpu"), X, y,
                           upd=net.gradients, agg=sc.agg, utype=sc.utype, freq=sc.freq,
                           nbatches=2 if sc.freq == "NBATCHES" else 1, k=sc.k, servers=sc.servers,
                           batchsize=sc.batchsize, epochs=sc.epochs, hyperparams={"lr": sc.lr},
@@ -153,7 +153,7 @@ def run_scenario(sc: Scenario) -> dict[str, Any]:
 
 
 def _device_pool(dev: Any) -> Any:
-    if dev.kind != "cuda":
+    if dev.host_memory:
         return None
     pool = dev.xp.get_default_memory_pool()
     pool.free_all_blocks()
@@ -217,7 +217,7 @@ def _plain_loop(dev: Any, model: str, batch: int) -> dict[str, float]:
     from .models import MLP
 
     net = MLP(sizes)
-    p = net.init(0, device="cuda" if dev.kind == "cuda" else "cpu")
+    p = net.init(0, device="cuda" if not dev.host_memory else "cpu")
     v = {k: xp.zeros_like(a) for k, a in p.items()}
     rng = np.random.default_rng(0)
     X = xp.asarray(rng.standard_normal((batch * 8, sizes[0]), dtype=np.float32))
@@ -232,15 +232,15 @@ def _plain_loop(dev: Any, model: str, batch: int) -> dict[str, float]:
             v[k] *= 0.9
             v[k] += g[k]
             p[k] -= 0.01 * v[k]
-    sync = (lambda: xp.cuda.Device().synchronize()) if dev.kind == "cuda" else (lambda: None)
-    return {"plain_loop_samples_per_s": batch / _time(step, sync, reps=20 if dev.kind == "cpu" else 100)}
+    sync = (lambda: xp.cuda.Device().synchronize()) if not dev.host_memory else (lambda: None)
+    return {"plain_loop_samples_per_s": batch / _time(step, sync, reps=20 if dev.host_memory else 100)}
 
 
 def _torch_loops(dev: Any, model: str, batch: int) -> dict[str, float]:
     import torch
 
     sizes = [int(s) for s in model[4:].split("-")]
-    td = "cuda" if dev.kind == "cuda" else "cpu"
+    td = "cuda" if not dev.host_memory else "cpu"
     layers: list[Any] = []
     for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
@@ -282,14 +282,14 @@ def _torch_loops(dev: Any, model: str, batch: int) -> dict[str, float]:
 def _aggregation(dev: Any, model: str, batch: int) -> dict[str, float]:
     """Fused aggregate+momentum over k=8 buffers vs a plain copy: effective bytes / time."""
     xp = dev.xp
-    n = (32 << 20) if dev.kind == "cuda" else (4 << 20)
+    n = (32 << 20) if not dev.host_memory else (4 << 20)
     k = 8
     rng = np.random.default_rng(0)
     G = xp.asarray(rng.random((k, n), dtype=np.float32))
     w, v = xp.zeros(n, xp.float32), xp.zeros(n, xp.float32)
     a, b = xp.asarray(rng.random(n * 4, dtype=np.float32)), xp.empty(n * 4, xp.float32)
     rows, bad = xp.asarray(np.arange(k, dtype=np.int64)), xp.zeros(k, xp.int64)
-    sync = (lambda: xp.cuda.Device().synchronize()) if dev.kind == "cuda" else (lambda: None)
+    sync = (lambda: xp.cuda.Device().synchronize()) if not dev.host_memory else (lambda: None)
     t_copy = _time(lambda: xp.copyto(b, a), sync)
     fn = dev.kernels.UPDATES["momentum"][0]
     t_agg = _time(lambda: fn(G, rows, bad, np.float32(1 / k), w, v, np.float32(0.01), np.float32(0.9)), sync)

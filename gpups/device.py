@@ -18,10 +18,17 @@ from .errors import option_error
 
 
 class CPUDevice:
+    """The host: numpy arrays, numba kernels, a thread per worker."""
+
     kind = "cpu"
     name = "cpu"
     xp = np
     slots = 1  # device slots workers and shards are placed on (a GPU list has several)
+    # capabilities the runtime asks for (a CUDADevice declares its own)
+    host_memory = True     # arrays are numpy arrays in host memory
+    async_launch = False   # a launch has run when the worker's thread moves on (no events needed)
+    timed_kernels = True   # a host clock around a kernel measures the kernel (the bench's server share)
+    max_workers: int | None = None  # no kernel limit on k
 
     def __init__(self) -> None:
         self.kernels = cpu_kernels()
@@ -69,6 +76,11 @@ class CPUDevice:
 
     def graph_cache(self) -> Any:
         return _NoGraphs()
+
+    @staticmethod
+    def step_graphs(worker: Any) -> None:
+        """No CUDA graphs of worker intervals on the CPU."""
+        return None
 
     def to_host(self, array: Any) -> np.ndarray:
         return host(array)

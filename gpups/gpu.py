@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import cupy as cp
 import numpy as np
 
+from .capture import holding, release_stream
 from .streams import StreamError
 
 _warned: set[str] = set()
@@ -85,7 +86,7 @@ class CudaStream:
         try:
             self.raw.synchronize()
         finally:
-            release_stream(self.device_id, self.raw.ptr)
+            release_stream((self.device_id, self.raw.ptr))
 
 
 class CUDADevice:
@@ -97,6 +98,9 @@ class CUDADevice:
     kind = "cuda"
     xp = cp
     max_workers = 1024  # MAXK in kernels/optim.cu
+    host_memory = False   # CuPy arrays in device memory
+    async_launch = True   # launches return before the work is done: order with events
+    timed_kernels = False  # a host clock would time the launch only
 
     def __init__(self, ids: Sequence[int]):
         self.ids = list(ids)
@@ -193,15 +197,6 @@ class CUDADevice:
         return IntervalGraphs(worker)
 
 
-def release_stream(device_id: int, ptr: int) -> None:
-    from .kernels import cublas, cuda_nn
-    from .models.base import release_workspaces
-
-    cublas.release(device_id, ptr)
-    cuda_nn.ops().release(device_id, ptr)
-    release_workspaces((device_id, ptr))
-
-
 def warn_once(msg: str) -> None:
     if msg not in _warned:
         _warned.add(msg)
@@ -210,19 +205,17 @@ def warn_once(msg: str) -> None:
 
 def graph_blocker(worker: Any) -> str | None:
     """Why this worker's intervals cannot be captured, or None."""
-    from .models.base import Model
-    from .optim import Builtin
+    from .capture import capture_blocker
 
     if os.environ.get("GPUPS_GRAPHS", "1") == "0":
         return "GPUPS_GRAPHS=0"
-    if not isinstance(getattr(worker.upd, "__self__", None), Model):
-        return "upd is not a built-in model's gradients (user functions run eagerly)"
-    if worker.hp.get("reg"):
-        return "hyperparams['reg'] allocates per step"
-    if not isinstance(worker.rule, Builtin):
+    reason = capture_blocker(worker.upd, worker.hp)
+    if reason:
+        return reason
+    if worker.rule.on_host:
         return "a user-written agg runs on the host"
-    if worker.rule.name == "adam" and (worker.push == "model" or worker.tail is not None):
-        return "adam steps inside an interval change their bias correction every step"
+    if worker.rule.step_dependent and (worker.push == "model" or worker.tail is not None):
+        return f"{worker.rule.name} steps inside an interval change their scalars every step"
     return None
 
 
@@ -299,8 +292,8 @@ class IntervalGraphs:
         """Launch the graph of an ``nsteps`` interval (capturing it first); False: run eagerly."""
         if self.disabled:
             return False
-        if self.w.rule.name == "adam" and (nsteps > 1):
-            return False  # local adam steps: bias corrections differ per step
+        if self.w.rule.step_dependent and nsteps > 1:
+            return False  # local steps of a rule whose scalars change per step (adam)
         graph = self.graphs.get(nsteps)
         if graph is None:
             if nsteps not in self.warm:  # first an eager run: modules, handles, workspaces
@@ -316,12 +309,10 @@ class IntervalGraphs:
         """Capture an interval. Whatever memory it touches must outlive the graph: the worker's
         buffers (its own), the model's workspaces (held here), the kernels' scratch (per stream,
         kept until the stream closes); the captured work allocates nothing (tested)."""
-        from .models.base import holding_workspaces
-
         s = self.w.stream.raw
         graph = None
         try:
-            with cp.cuda.Device(self.w.stream.device_id), s, holding_workspaces() as held:
+            with cp.cuda.Device(self.w.stream.device_id), s, holding() as held:
                 s.begin_capture()
                 try:
                     self.w.interval(nsteps, self.w.cursor - nsteps, graph=self)

@@ -16,18 +16,46 @@ import numpy as np
 
 from .errors import option_error
 
-#: hyperparameter defaults per built-in optimizer (``lr`` is always present)
-DEFAULTS: dict[str, dict[str, float]] = {
-    "sgd": {"lr": 0.01},
-    "momentum": {"lr": 0.01, "momentum": 0.9},
-    "nesterov": {"lr": 0.01, "momentum": 0.9},
-    "adagrad": {"lr": 0.01, "eps": 1e-8},
-    "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
-}
-SLOTS: dict[str, tuple[str, ...]] = {
-    "sgd": (), "momentum": ("v",), "nesterov": ("v",), "adagrad": ("h",), "adam": ("m", "v"),
-}
-BUILTIN = tuple(DEFAULTS)
+@dataclass(frozen=True)
+class Rule:
+    """Everything about one built-in update rule, in one place: the kernel modules
+    (``kernels/cpu.py``, ``cpu_numpy.py``, ``cuda.py`` + ``optim.cu``) key their kernels by its
+    name and take its slots and scalars in this order."""
+
+    name: str
+    defaults: Mapping[str, float]         # the hyperparameters it reads, with defaults (lr first)
+    slots: tuple[str, ...]                # its state: parameter-sized arrays
+    scalars: Callable[[Mapping[str, Any], int], tuple[float, ...]]  # kernel scalars at step t (from 1)
+    step_dependent: bool = False          # scalars change every step (no cached scalars, no graph replay)
+    unit_interval: tuple[str, ...] = ()   # hyperparameters that must lie in [0, 1)
+
+    def check(self, hp: dict[str, Any]) -> None:
+        """Fill the defaults into ``hp`` and check the values (numpy scalars become floats)."""
+        for key, default in self.defaults.items():
+            value = hp.setdefault(key, default)
+            if not real(value) or not math.isfinite(value) or value < 0 or (key == "lr" and value == 0):
+                raise option_error(f"hyperparams[{key!r}]", value, f"a finite number > 0 for agg={self.name!r}")
+            if key in self.unit_interval and value >= 1:
+                raise option_error(f"hyperparams[{key!r}]", value, "a number in [0, 1)")
+            hp[key] = float(value)
+
+
+def _adam(hp: Mapping[str, Any], t: int) -> tuple[float, ...]:
+    b1, b2 = hp["beta1"], hp["beta2"]
+    return hp["lr"], b1, b2, hp["eps"], 1.0 / (1.0 - b1 ** t), 1.0 / (1.0 - b2 ** t)
+
+
+RULES: dict[str, Rule] = {r.name: r for r in (
+    Rule("sgd", {"lr": 0.01}, (), lambda hp, t: (hp["lr"],)),
+    Rule("momentum", {"lr": 0.01, "momentum": 0.9}, ("v",), lambda hp, t: (hp["lr"], hp["momentum"]),
+         unit_interval=("momentum",)),
+    Rule("nesterov", {"lr": 0.01, "momentum": 0.9}, ("v",), lambda hp, t: (hp["lr"], hp["momentum"]),
+         unit_interval=("momentum",)),
+    Rule("adagrad", {"lr": 0.01, "eps": 1e-8}, ("h",), lambda hp, t: (hp["lr"], hp["eps"])),
+    Rule("adam", {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}, ("m", "v"), _adam,
+         step_dependent=True, unit_interval=("beta1", "beta2")),
+)}
+BUILTIN = tuple(RULES)
 
 
 def real(value: Any) -> bool:
@@ -42,19 +70,13 @@ def resolve_hyperparams(agg: str | Callable, hyperparams: Mapping[str, Any] | No
         if not isinstance(key, str):
             raise option_error("hyperparams", key, "a dict with str keys")
     if isinstance(agg, str):
-        for key, default in DEFAULTS[agg].items():
-            value = hp.setdefault(key, default)
-            if not real(value) or not math.isfinite(value) or value < 0 or (key == "lr" and value == 0):
-                raise option_error(f"hyperparams[{key!r}]", value, f"a finite number > 0 for agg={agg!r}")
-            if key in ("momentum", "beta1", "beta2") and value >= 1:
-                raise option_error(f"hyperparams[{key!r}]", value, "a number in [0, 1)")
-            hp[key] = float(value)
+        RULES[agg].check(hp)
     return hp
 
 
 def reads(agg: str | Callable) -> tuple[str, ...] | None:
     """The hyperparameter names a built-in rule reads; None for a user's function (any)."""
-    return tuple(DEFAULTS[agg]) if isinstance(agg, str) else None
+    return tuple(RULES[agg].defaults) if isinstance(agg, str) else None
 
 
 @dataclass
@@ -63,34 +85,38 @@ class Builtin:
 
     name: str
     hp: dict[str, Any]
+    layout: Any = None  # (element-wise: the layout is not needed)
+    on_host = False       # its kernels run on the device (a user's agg runs Python on the host)
+    whole_tensors = False  # element-wise: a shard may cut through a tensor
+
+    @property
+    def spec(self) -> Rule:
+        return RULES[self.name]
+
+    @property
+    def step_dependent(self) -> bool:
+        return self.spec.step_dependent
 
     def init_state(self, xp: Any, n: int, dtype: Any) -> dict[str, Any]:
-        return {s: xp.zeros(n, dtype) for s in SLOTS[self.name]}
+        return {s: xp.zeros(n, dtype) for s in self.spec.slots}
 
     def scalars(self, step: int) -> tuple[float, ...]:
-        hp = self.hp
-        if self.name == "sgd":
-            return (hp["lr"],)
-        if self.name in ("momentum", "nesterov"):
-            return hp["lr"], hp["momentum"]
-        if self.name == "adagrad":
-            return hp["lr"], hp["eps"]
-        b1, b2 = hp["beta1"], hp["beta2"]
-        return hp["lr"], b1, b2, hp["eps"], 1.0 / (1.0 - b1 ** step), 1.0 / (1.0 - b2 ** step)
+        return self.spec.scalars(self.hp, step)
 
     def apply(self, kernels: Any, serial: bool, G: Any, rows: Any, bad: Any, scale: float, w: Any,
-              state: dict[str, Any], step: int, **pull: Any) -> None:
+              state: dict[str, Any], step: int, lo: int = 0, **pull: Any) -> None:
         """``w -= update(scale * sum of G[rows])`` over the rows not flagged in ``bad``; ``step``
-        counts updates of this state, from 1. ``pull=dst``: kernels with ``FUSED_PULL`` (CUDA)
+        counts updates of this state, from 1; ``lo`` is where ``w`` starts in the model (an
+        element-wise rule needs no more). ``pull=dst``: kernels with ``FUSED_PULL`` (CUDA)
         write the new parameters to dst in the same pass."""
-        serial = serial or w.shape[0] < getattr(kernels, "PARALLEL_MIN", 0)
+        serial = serial or w.shape[0] < kernels.PARALLEL_MIN
         fn = kernels.UPDATES[self.name][1 if serial else 0]
         dt = w.dtype.type
         fn(G, rows, bad, dt(scale), w, *state.values(), *self._typed(dt, step), **pull)
 
     def _typed(self, dt: Any, step: int) -> tuple:
         """The kernel's scalars in the parameters' dtype (cached unless they depend on step)."""
-        if self.name == "adam":
+        if self.step_dependent:
             return tuple(dt(s) for s in self.scalars(step))
         cache = self.__dict__.setdefault("_cache", {})
         if dt not in cache:
@@ -112,6 +138,9 @@ class UserRule:
     hp: dict[str, Any]
     name: str = "custom"
     layout: Any = None  # set by the caller: the model's Layout
+    on_host = True           # Python on the host: never inside a CUDA graph
+    step_dependent = False
+    whole_tensors = True     # it sees named tensors: shards are cut at tensor boundaries
     _grad: dict = field(default_factory=dict)
     _kept: dict = field(default_factory=dict)
 
@@ -179,8 +208,9 @@ def _any_good(rows: Any, bad: Any) -> bool:
     return bool((flags == 0).any())
 
 
-def make_rule(agg: str | Callable, hp: dict[str, Any]) -> Builtin | UserRule:
-    return Builtin(agg, hp) if isinstance(agg, str) else UserRule(agg, hp)
+def make_rule(agg: str | Callable, hp: dict[str, Any], layout: Any = None) -> Builtin | UserRule:
+    """The rule ``agg`` names (a built-in's name, or a user's function) over the model ``layout``."""
+    return Builtin(agg, hp, layout) if isinstance(agg, str) else UserRule(agg, hp, layout=layout)
 
 
 def check_like(got: Any, want: Mapping[str, Any], fn_name: str, what: str) -> None:

@@ -67,7 +67,7 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
     actor_device = ray_device(device) if remote else ""
     dev = CPUDevice() if remote else resolve(device)  # backend="ray": the driver works on the host
     with dev.on(0):  # a GPU run makes its (first) device current for the whole call
-        if dev.kind == "cuda" and opts.k > dev.max_workers:
+        if dev.max_workers is not None and opts.k > dev.max_workers:
             raise option_error("k", opts.k, f"at most {dev.max_workers} workers on a GPU (the fused kernels "
                                "keep the rows they aggregate in shared memory)")
         n = features.shape[0]
@@ -80,7 +80,7 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
         in_xp = array_module(next(iter(model.values())))
         init = np.empty(layout.size, layout.dtype) if in_xp is np else in_xp.empty(layout.size, layout.dtype)
         layout.flatten(model, init)
-        if dev.kind == "cpu":  # CuPy inputs train on the CPU too when asked
+        if dev.host_memory:  # CuPy inputs train on the CPU too when asked
             init, features, labels = host(init), host(features), host(labels)
         # features in the model's dtype (the GPU's GEMMs take one dtype; the CPU's would upcast)
         xf, yl = (features if features.dtype == layout.dtype else features.astype(layout.dtype)), labels
@@ -168,7 +168,7 @@ def dry_run(dev: Any, layout: Layout, init: Any, X: Any, y: Any, rows: np.ndarra
         grads, _ = call_upd(upd, wants_out, params, xb, yb, hp, layout.views(gflat))
     except ValueError as exc:
         raise readonly_error(exc) or exc
-    if dev.kind != "cpu" and not bool((flat == dev.place(init)).all()):  # (CuPy has no read-only arrays)
+    if not dev.host_memory and not bool((flat == dev.place(init)).all()):  # (CuPy has no read-only arrays)
         raise ValueError("upd changed its params argument in place: upd must only read params and return the "
                          "gradients (the server owns the parameters; change them in agg)")
     check_like(grads, params, "upd", "gradients")
@@ -177,8 +177,7 @@ def dry_run(dev: Any, layout: Layout, init: Any, X: Any, y: Any, rows: np.ndarra
             raise ValueError(f"upd returned a non-finite gradient for {name!r} on the first batch "
                              "(NaN or Inf): check the model's initial values and the learning problem")
     if callable(agg):
-        rule = make_rule(agg, hp)
-        rule.layout = layout
+        rule = make_rule(agg, hp, layout)
         G = dev.xp.zeros((1, layout.size), flat.dtype)
         rule.apply(dev.kernels, True, G, dev.rows([0]), dev.xp.zeros(1, dev.xp.int64), 1.0, dev.place(init.copy()),
                    rule.init_state(dev.xp, layout.size, flat.dtype), 1)

@@ -30,7 +30,7 @@ class Run:
                  evaluate: Callable | None, val: tuple[Any, Any] | None):
         self.opts, self.device, self.layout, self.hp = opts, device, layout, hp
         self.evaluate, self.val = evaluate, val
-        self.server = ParamServer(device, layout, device.place(init_flat), make_rule(opts.agg, hp),
+        self.server = ParamServer(device, layout, device.place(init_flat), make_rule(opts.agg, hp, layout),
                                   opts.k, opts.servers, opts.push)
         # Workers compute on the server's parameters themselves, without a replica copy, where
         # nothing can change them meanwhile (BSP: the server waits for every push) or where
@@ -43,7 +43,7 @@ class Run:
         try:
             for j, rows in enumerate(parts):
                 self.workers.append(Worker(j, device, features, labels, rows, layout, self.server, upd, hp,
-                                           make_rule(opts.agg, hp), opts.batchsize, opts.push, alias, opts.k > 1,
+                                           make_rule(opts.agg, hp, layout), opts.batchsize, opts.push, alias, opts.k > 1,
                                            keep_state=opts.nonfinite == "skip"))
         except BaseException:  # (out of memory on the device, say): stop the threads started
             self.close()
@@ -53,8 +53,7 @@ class Run:
                 w.head = None if alias else w.pull_unlocked
                 if self.unlocked:
                     w.tail = functools.partial(self.server.push_unlocked, device.rows([w.j]), 1.0 / opts.k)
-            if device.kind != "cpu":
-                w.graphs = device.step_graphs(w)
+            w.graphs = device.step_graphs(w)
         self.policy = make_policy(opts.utype, opts.staleness, opts.backup_workers)
         self.clock_log: list[tuple[int, int, int]] = []  # SSP: (worker, its clock, slowest clock)
         self.history: list[dict[str, Any]] = []
@@ -97,7 +96,7 @@ class Run:
         w.staleness.append(self.server.version - w.pulled)
         if not self.unlocked:
             # (a CPU worker runs this on its own thread, after its interval: nothing to wait for)
-            after = w.stream.record() if self.device.kind != "cpu" else None
+            after = w.stream.record() if self.device.async_launch else None
             for ev in self.server.push_from(w.j, 1.0 / self.opts.k, after):
                 w.stream.wait_event(ev)
         self.server.count_unlocked()
@@ -141,7 +140,7 @@ class Run:
         metrics = self.validate()
         skipped = [a - b for a, b in zip(self.skipped(), skipped_before)]
         rec = epoch_record(epoch, seconds, self.workers, metrics, self.opts.utype, skipped)
-        if self.device.kind == "cpu":
+        if self.device.timed_kernels:
             rec["server_seconds"] = self.server.update_seconds - server_before
         self.history.append(rec)
         if self.opts.checkpoint:  # (saved before the epoch's line: a line printed is a checkpoint made)

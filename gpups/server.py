@@ -21,7 +21,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .flat import Layout
-from .optim import UserRule
 
 
 @dataclass
@@ -69,14 +68,12 @@ class ParamServer:
 
     def __post_init__(self) -> None:
         dev, xp, n = self.device, self.device.xp, self.layout.size
-        if isinstance(self.rule, UserRule):
-            self.rule.layout = self.layout
         # fixed-argument server work (updates of given rows, pulls into given replicas) replays
         # as CUDA graphs where the rule's kernel arguments do not change from step to step
         self.graphs = dev.graph_cache()
         self._streams: dict[tuple[int, int], Any] = {}  # (worker, shard): HOGWILD across GPUs
-        self.replayable = not isinstance(self.rule, UserRule) and self.rule.name != "adam"
-        cuts = self.layout.shards(self.servers, whole_tensors=isinstance(self.rule, UserRule))
+        self.replayable = not (self.rule.on_host or self.rule.step_dependent)
+        cuts = self.layout.shards(self.servers, whole_tensors=self.rule.whole_tensors)
         used = {dev.worker_slot(j) for j in range(self.k)} | {dev.shard_slot(s) for s in range(len(cuts))}
         w0 = dev.to_host(self.w) if len(used) > 1 else None
         self.homes: dict[int, Home] = {}
@@ -124,7 +121,7 @@ class ParamServer:
         return events
 
     def _update_pull(self, sh: Shard, rows: Any, scale: float, step: int, dst: Any, near: bool) -> None:
-        if near and getattr(self.device.kernels, "FUSED_PULL", False) and not isinstance(self.rule, UserRule):
+        if near and self.device.kernels.FUSED_PULL and not self.rule.on_host:
             self._kernels(sh, rows, scale, False, step, pull=dst)  # one pass: update and copy
         else:
             self._kernels(sh, rows, scale, False, step)
@@ -223,7 +220,7 @@ class ParamServer:
         self.version += 1
 
     def _kernels(self, sh: Shard, rows: Any, scale: float, serial: bool, step: int, **pull: Any) -> None:
-        if self.device.kind == "cpu":
+        if self.device.timed_kernels:
             t0 = time.perf_counter()
             self._run_kernels(sh, rows, scale, serial, step, **pull)
             self.update_seconds += time.perf_counter() - t0
@@ -238,10 +235,8 @@ class ParamServer:
         if self.push == "model":  # payloads are model deltas: w += scale * sum(deltas)
             kernels.UPDATES["sgd"][1 if serial else 0](G, rows, bad, w.dtype.type(scale), w, w.dtype.type(-1.0),
                                                        **pull)
-        elif isinstance(self.rule, UserRule):
-            self.rule.apply(kernels, serial, G, rows, bad, scale, w, sh.state, step, lo=sh.lo)
         else:
-            self.rule.apply(kernels, serial, G, rows, bad, scale, w, sh.state, step, **pull)
+            self.rule.apply(kernels, serial, G, rows, bad, scale, w, sh.state, step, lo=sh.lo, **pull)
 
     def synchronize(self) -> None:
         for sh in self.shards:

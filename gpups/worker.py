@@ -101,8 +101,6 @@ class Worker(Accounts):
                  check_finite: bool = True, keep_state: bool = False):
         self.j, self.device, self.layout, self.server = j, device, layout, server
         self.upd, self.hp, self.rule, self.push = upd, hp, rule, push
-        if getattr(rule, "layout", False) is None:  # a user's agg, for local steps over the whole model
-            rule.layout = layout
         self.wants_out = accepts_out(upd)
         self.check_finite = check_finite
         self.keep_state = keep_state  # nonfinite="skip": a skipped push undoes its local updates
@@ -149,7 +147,7 @@ class Worker(Accounts):
         self.one = device.rows([0], self.slot)
         self.nobad = xp.zeros(1, xp.int64)
         self.counter = xp.zeros(1, xp.int64)   # batches done this epoch (device side for graphs)
-        self.loss_dev = xp.zeros((), xp.float64) if device.kind != "cpu" else None
+        self.loss_dev = None if device.host_memory else xp.zeros((), xp.float64)  # summed on the device
 
     def start_epoch(self) -> None:
         """On the worker's stream: the batch counter and the device loss sum back to 0."""

@@ -208,6 +208,9 @@ def copy(dst, src):
     dst[...] = src
 
 
+FUSED_PULL = False  # a pull is a copy after the update
+
+#: (parallel, serial) kernel per update rule (gpups.optim.RULES: its slots, then its scalars)
 UPDATES = {
     "sgd": (sgd, sgd_serial),
     "momentum": (momentum, momentum_serial),

@@ -87,5 +87,7 @@ def copy(dst, src):
 
 
 aggregate_serial, flag_nonfinite_serial = aggregate, flag_nonfinite
+FUSED_PULL = False
+PARALLEL_MIN = 0
 UPDATES = {name: (f, f) for name, f in
            [("sgd", sgd), ("momentum", momentum), ("nesterov", nesterov), ("adagrad", adagrad), ("adam", adam)]}

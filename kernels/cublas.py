@@ -14,6 +14,8 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
+from ..capture import on_stream_release
+
 _lib = None
 _handles: dict[tuple[int, int], Any] = {}
 _H = ctypes.c_void_p
@@ -49,9 +51,10 @@ def _load() -> Any:
     return lib
 
 
-def release(device_id: int, stream_ptr: int) -> None:
-    """Destroy the handle of a stream that is about to go (and let its workspace go back)."""
-    handle = _handles.pop((device_id, stream_ptr), None)
+@on_stream_release
+def release(key: tuple[int, int]) -> None:
+    """Destroy the handle of a (device, stream) that is about to go (its workspace goes too)."""
+    handle = _handles.pop(key, None)
     if handle is not None and _lib is not None:
         _lib.cublasDestroy_v2(handle.h)
 

@@ -9,6 +9,8 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
+from ..optim import RULES
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 THREADS = 256
 NULL = np.uint64(0)  # a null device pointer argument
@@ -47,11 +49,8 @@ def blocks(n: int) -> int:
     return max(1, min(-(-int(n) // (THREADS * PER_THREAD)), _sms() * 16))
 
 
-_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "adam": 2}
-
-
 def _update(name: str) -> Any:
-    nslots = _SLOTS[name]
+    nslots = len(RULES[name].slots)
 
     def launch(G: Any, rows: Any, bad: Any, scale: float, w: Any, *rest: Any, pull: Any = None) -> None:
         T = w.dtype.type
@@ -66,8 +65,9 @@ def _update(name: str) -> Any:
     return launch
 
 
-UPDATES = {name: (_update(name),) * 2 for name in _SLOTS}
+UPDATES = {name: (_update(name),) * 2 for name in RULES}  # (parallel, serial): one kernel serves both
 FUSED_PULL = True  # the update kernels can write the new parameters to a puller's replica too
+PARALLEL_MIN = 0   # no serial twin to prefer for small ranges
 
 
 def aggregate(G: Any, rows: Any, bad: Any, scale: float, out: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
+from ..capture import on_stream_release
 from . import cublas
 from .cuda import THREADS, blocks, function
 
@@ -30,10 +31,10 @@ class CudaOps:
             buf = self._scratch[key] = cp.empty(shape, dtype)
         return buf
 
-    def release(self, device_id: int, stream_ptr: int) -> None:
-        """Drop the scratch buffers of a stream that goes."""
-        for key in [k for k in self._scratch if k[:2] == (device_id, stream_ptr)]:
-            del self._scratch[key]
+    def release(self, key: tuple[int, int]) -> None:
+        """Drop the scratch buffers of a (device, stream) that goes."""
+        for k in [k for k in self._scratch if k[:2] == key]:
+            del self._scratch[k]
 
     @staticmethod
     def gemm(a: Any, b: Any, out: Any) -> Any:
@@ -142,3 +143,6 @@ def function_plain(name: str) -> Any:
 @functools.lru_cache(maxsize=None)
 def ops() -> CudaOps:
     return CudaOps()
+
+
+on_stream_release(lambda key: ops().release(key))

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install -q 'mutmut==3.8.1'
 rm -rf mutants
 start=$(date +%s)
-.venv/bin/mutmut run --max-children "${JOBS:-2}" "$@" || true
+# numba's OpenMP threading layer ends a process forked after it started; workqueue's is fork-safe
+NUMBA_THREADING_LAYER=workqueue .venv/bin/mutmut run --max-children "${JOBS:-2}" "$@" || true
 echo "mutmut run took $(( $(date +%s) - start )) s"
 .venv/bin/mutmut results --all true > mutants/results.txt || .venv/bin/mutmut results > mutants/results.txt
 python3 - <<'PY'

@@ -397,3 +397,24 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     assert len(tail) <= 2, rest  # (an epoch line may land before the signal does)
     assert tail[-1].startswith("gpups train: interrupted after epoch ")
     assert f"checkpoint in {ck} (continue with --resume)" in tail[-1]
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["train", "--data", "synthetic:abc"], r"data='synthetic:abc' is not allowed: expected synthetic\[:N\[:D\]\]"),
+    (["train", "--hidden", "a,b"], r"--hidden 'a,b' is not allowed: expected integers >= 1"),
+    (["train", "--data", "synthetic", "--samples", "0"], r"--samples 0 is not allowed: expected at least 2 rows"),
+    (["train", "--data", "synthetic:300:0"], r"data='synthetic:300:0': d=0 features is not allowed"),
+    (["train", "--data", "synthetic_regression:300:8", "--model", "softmax"],
+     r"model='softmax' is not allowed for data 'synthetic_regression'.*expected model 'linear'"),
+    (["bench", "--models", "mlp:abc"], r"model='mlp:abc' is not allowed: expected mlp:SIZES"),
+    (["bench", "--k", "1,x"], r"--k '1,x' is not allowed: expected integers >= 1"),
+])
+def test_cli_errors_are_one_line_naming_the_flag(tmp_path, capsys, argv, match):
+    from gpups.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no numpy warnings first)
+        rc = main([*argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert __import__("re").search(match, err), err

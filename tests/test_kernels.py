@@ -3,6 +3,8 @@ kernels and (marked gpu) their CUDA twins."""
 import numpy as np
 import pytest
 
+from gpups.optim import RULES
+
 RNG = np.random.default_rng(0)
 
 
@@ -46,7 +48,21 @@ def reference(name, g, w, state, hp, t):
 
 HP = {"sgd": (0.1,), "momentum": (0.1, 0.9), "nesterov": (0.1, 0.9), "adagrad": (0.1, 1e-8),
       "adam": (0.01, 0.9, 0.999, 1e-8)}
-SLOTS = {"sgd": (), "momentum": ("v",), "nesterov": ("v",), "adagrad": ("h",), "adam": ("m", "v")}
+SLOTS = {name: rule.slots for name, rule in RULES.items()}
+
+
+def test_every_rule_has_a_kernel_in_every_module():
+    """One record per rule (gpups.optim.RULES); each kernel module keys into it."""
+    import os
+
+    from gpups.kernels import cpu, cpu_numpy
+
+    assert set(HP) == set(RULES)
+    src = open(os.path.join(os.path.dirname(cpu.__file__), "optim.cu")).read()
+    for name, rule in RULES.items():
+        assert len(cpu.UPDATES[name]) == 2 and len(cpu_numpy.UPDATES[name]) == 2
+        assert f"void {name}_##S(ARGS(T), T* w, " + "".join(f"T* {s}, " for s in rule.slots) in src, name
+        assert len(rule.scalars({**rule.defaults}, 1)) == len(HP[name]) + (2 if rule.step_dependent else 0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,15 +1,19 @@
 """What every built-in model shares: init on a device, loss/predict/evaluate, workspaces."""
 from __future__ import annotations
 
-import contextlib
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from ..capture import graph_safe, hold, on_stream_release
 from .ops import ops_for
+
+
+def _reg_allocates(hp: Any) -> str | None:
+    return "hyperparams['reg'] allocates per step" if (hp or {}).get("reg") else None
 
 
 def xp_of(a: Any) -> Any:
@@ -28,9 +32,9 @@ def stream_key(xp: Any) -> Any:
 
 
 _with_device_workspaces: "weakref.WeakSet[Model]" = weakref.WeakSet()
-_capture = threading.local()  # .held: workspaces a CUDA graph being captured uses
 
 
+@on_stream_release
 def release_workspaces(key: Any) -> None:
     """Forget the workspaces kept for a (GPU, stream) that goes (a graph that used them holds
     its own references)."""
@@ -38,18 +42,6 @@ def release_workspaces(key: Any) -> None:
         cache = model.__dict__.get("_ws", {})
         for k in [k for k in cache if k[0] == key]:
             del cache[k]
-
-
-@contextlib.contextmanager
-def holding_workspaces() -> Iterator[list]:
-    """While a CUDA graph is captured: the workspaces it uses are appended to the yielded list,
-    which the graph keeps for its lifetime (a replay writes there, whatever the cache evicts)."""
-    held: list = []
-    _capture.held = held
-    try:
-        yield held
-    finally:
-        _capture.held = None
 
 
 class Model:
@@ -154,15 +146,14 @@ class Model:
                 cache.popitem(last=False)
         else:
             cache.move_to_end(key)
-        held = getattr(_capture, "held", None)
-        if held is not None:
-            held.append(ws)
+        hold(ws)  # (a CUDA graph being captured keeps them)
         return ws
 
     def buffers(self, n: int) -> dict[str, tuple[int, ...]]:
         raise NotImplementedError
 
     # -- the public functions ------------------------------------------------------------------
+    @graph_safe(unless=_reg_allocates)
     def gradients(self, params: dict[str, Any], x: Any, y: Any, hyperparams: dict | None = None,
                   out: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
         """The ``upd`` function: ``(grads, loss)`` of the batch. Gradients are written into

@@ -26,7 +26,7 @@ class ShardActor:
     def __init__(self, index: int, layout: Layout, w0: list, agg: Any, hp: dict, k: int, push: str):
         self.index = index
         w = fetch(w0)[0]
-        self.server = ParamServer(CPUDevice(), layout, np.array(w, copy=True), make_rule(agg, hp), k, 1, push)
+        self.server = ParamServer(CPUDevice(), layout, np.array(w, copy=True), make_rule(agg, hp, layout), k, 1, push)
 
     def ready(self) -> int:
         return os.getpid()
@@ -101,10 +101,9 @@ class WorkerActor:
         xp = self.device.xp
         self.mirror = _Mirror(j, layout.size, layout.dtype, k, xp)
         self.worker = w = Worker(j, self.device, X, y, np.arange(len(X)), layout, self.mirror, upd, hp,
-                                 make_rule(agg, hp), batchsize, push, alias=False, concurrent=False,
+                                 make_rule(agg, hp, layout), batchsize, push, alias=False, concurrent=False,
                                  keep_state=keep_state)
-        if gpu:
-            w.graphs = self.device.step_graphs(w)
+        w.graphs = self.device.step_graphs(w)
         self.cuts, self.shards, self.j = cuts, list(shards), j
         self.params = w.params  # views of the replica
 
@@ -136,12 +135,12 @@ class WorkerActor:
         """The pulled parameters into the replica; or, where the interval only reads them (one
         step, gradients pushed, one shard, on the CPU), used where they lie: no copy."""
         w = self.worker
-        if nsteps == 1 and w.push == "gradients" and len(parts) == 1 and self.device.kind == "cpu":
+        if nsteps == 1 and w.push == "gradients" and len(parts) == 1 and self.device.host_memory:
             w.params = w.layout.views(parts[0], readonly=True)
             return
         w.params = self.params
         for (lo, hi), part in zip(self.cuts, parts):
-            w.replica[lo:hi] = self.device.place(part) if self.device.kind != "cpu" else part
+            w.replica[lo:hi] = part if self.device.host_memory else self.device.place(part)
         if w.base is not None:
             w.snapshot_base()
 

@@ -25,7 +25,7 @@ import numpy as np
 from ..device import CPUDevice
 from ..errors import WorkerError
 from ..flat import Layout
-from ..optim import UserRule, make_rule
+from ..optim import make_rule
 from ..runtime import Run, log
 from ..streams import InlineStream, StreamError
 from ..sync import make_policy
@@ -204,7 +204,7 @@ class RayRun(Run):
         self.device = RayDevice(ray)
         self.actors: list[Any] = []
         k = opts.k
-        cuts = layout.shards(opts.servers, whole_tensors=isinstance(make_rule(opts.agg, hp), UserRule))
+        cuts = layout.shards(opts.servers, whole_tensors=make_rule(opts.agg, hp).whole_tensors)
         hogwild = opts.utype == "hogwild"
         shard_cls = ray.remote(ShardActor).options(
             num_cpus=0, max_restarts=RESTARTS, max_task_retries=0, max_concurrency=k if hogwild else 1)
