@@ -52,10 +52,10 @@ def run_gpups():
 
 def run_torch():
     """PyTorch's eager loop of the same MLP (the harness behind ``gpups bench``)."""
-    from gpups.bench import _torch_loops
+    from gpups.bench import torch_baselines
     from gpups.device import resolve
 
-    return _torch_loops(resolve("cpu"), f"mlp:{D_IN}-{H}-{H}-{D_OUT}", BS)["torch_eager_samples_per_s"]
+    return torch_baselines(resolve("cpu"), f"mlp:{D_IN}-{H}-{H}-{D_OUT}", BS)["torch_eager_samples_per_s"]
 
 
 def run_numpy():

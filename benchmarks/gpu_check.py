@@ -75,10 +75,10 @@ def sanitizer(timeout: int = 240) -> None:
 
 def bandwidth():
     """The fused aggregate+momentum over 8 buffers of 32 M floats against a plain copy."""
-    from gpups.bench import _aggregation
+    from gpups.bench import aggregation_bandwidth
     from gpups.device import resolve
 
-    agg = _aggregation(resolve("cuda"), "mlp:784-512-512-10", 256)
+    agg = aggregation_bandwidth(resolve("cuda"), "mlp:784-512-512-10", 256)
     R["copy_TBps"] = agg["copy_GBps"] / 1e3
     R["agg_momentum_TBps"] = agg["aggregation_GBps"] / 1e3
     R["agg_fraction_of_copy"] = agg["aggregation_fraction_of_copy"]
@@ -108,10 +108,10 @@ def gpups_mlp(utype, k, epochs=3, rounds=400, device="cuda", tag=""):
 
 def torch_loops():
     """PyTorch's eager loop and its step as a CUDA graph, same model and batch."""
-    from gpups.bench import _torch_loops
+    from gpups.bench import torch_baselines
     from gpups.device import resolve
 
-    R.update(_torch_loops(resolve("cuda"), "mlp:784-512-512-10", 256))
+    R.update(torch_baselines(resolve("cuda"), "mlp:784-512-512-10", 256))
 
 
 def bench_preset(timeout=180):
@@ -142,12 +142,10 @@ def profile(utype):
 
 
 def ab(reps=3):
-    """Same-run A/B of the speed knobs (each a module attribute), interleaved, BSP and ASP k=8;
-    "no_update" keeps BSP's barrier but skips the update kernel (what the update costs in situ)."""
-    from gpups import server
+    """Same-run A/B of the speed knobs (public constants of the kernel modules), interleaved,
+    BSP and ASP k=8."""
     from gpups.kernels import cuda, cuda_nn
 
-    real = server.ParamServer._run_kernels
     main = {k: R[k] for k in ("copy_TBps", "agg_momentum_TBps", "agg_fraction_of_copy",
                               "gpups_BSP_k8_samples_per_s", "gpups_ASP_k8_samples_per_s") if k in R}
     variants = {
@@ -155,7 +153,6 @@ def ab(reps=3):
         "per_thread_1": {(cuda, "PER_THREAD"): 1},
         "colsum_64": {(cuda_nn, "COLSUM_ROWS"): 64},
         "old": {(cuda_nn, "COLSUM_ROWS"): 4096, (cuda, "PER_THREAD"): 1},
-        "no_update": {(server.ParamServer, "_run_kernels"): lambda *a, **k: None},
     }
     for r in range(reps):
         for name, knobs in variants.items():
@@ -163,16 +160,15 @@ def ab(reps=3):
             for (obj, attr), val in knobs.items():
                 setattr(obj, attr, val)
             try:
-                if r == 0 and name != "no_update":
+                if r == 0:
                     bandwidth()
                     R[f"ab_agg_fraction_{name}"] = R["agg_fraction_of_copy"]
-                for utype in ("BSP", "ASP") if name != "no_update" else ("BSP",):
+                for utype in ("BSP", "ASP"):
                     gpups_mlp(utype, 8)
                     R.setdefault(f"ab_{utype}_{name}", []).append(R.pop(f"gpups_{utype}_k8_samples_per_s"))
             finally:
                 for (obj, attr), val in old.items():
                     setattr(obj, attr, val)
-    server.ParamServer._run_kernels = real
     R.update(main)
 
 

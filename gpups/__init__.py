@@ -6,6 +6,8 @@
 from .capture import graph_safe
 from .errors import WorkerError
 from .paramserv import Result, paramserv
+from .sync import ASP, BSP, HOGWILD, SBP, SSP, Hogwild, Policy
 
-__all__ = ["paramserv", "Result", "WorkerError", "graph_safe"]
+__all__ = ["paramserv", "Result", "WorkerError", "graph_safe", "Policy", "BSP", "ASP", "SSP", "SBP", "Hogwild",
+           "HOGWILD"]
 __version__ = "0.1.0"

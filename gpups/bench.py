@@ -29,6 +29,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import sync
+
 SCHEMA = 1
 
 
@@ -92,16 +94,16 @@ def mlp_sizes(params: int, d: int = 784, classes: int = 10) -> str:
 # -- one scenario -----------------------------------------------------------------------------
 def run_scenario(sc: Scenario) -> dict[str, Any]:
     import gpups
-    from .device import resolve
 
     from . import datasets, models
+    from .device import resolve
 
     dev = resolve(sc.device)
     data = datasets.from_spec(sc.data, image=sc.model == "lenet")
     net = models.for_data(sc.model, data)
     xp = dev.xp
     X, y, Xv, yv = (xp.asarray(a) for a in (data.X, data.y, data.Xv, data.yv))
-    kw = {"staleness": 2} if sc.utype == "SSP" else {"backup_workers": 1} if sc.utype == "SBP" else {}
+    policy = sync.resolve(sc.utype).typical()  # (SSP: staleness 2, SBP: 1 backup worker)
     gc.collect()
     pool = _device_pool(dev)
     trace = dev.host_memory  # on a GPU tracing every host allocation slows the async scheduler
@@ -109,10 +111,10 @@ def run_scenario(sc: Scenario) -> dict[str, Any]:
         tracemalloc.start()
     t0 = time.perf_counter()
     res = gpups.paramserv(net.init(0, device="cuda" if not dev.host_memory else "cpu"), X, y,
-                          upd=net.gradients, agg=sc.agg, utype=sc.utype, freq=sc.freq,
+                          upd=net.gradients, agg=sc.agg, utype=policy, freq=sc.freq,
                           nbatches=2 if sc.freq == "NBATCHES" else 1, k=sc.k, servers=sc.servers,
                           batchsize=sc.batchsize, epochs=sc.epochs, hyperparams={"lr": sc.lr},
-                          val_features=Xv, val_labels=yv, device=sc.device, progress=False, **kw)
+                          val_features=Xv, val_labels=yv, device=sc.device, progress=False)
     wall = time.perf_counter() - t0
     host_peak = None
     if trace:
@@ -129,7 +131,7 @@ def run_scenario(sc: Scenario) -> dict[str, Any]:
     train_s = sum(r["seconds"] for r in steady)
     if "server_seconds" in hist[0]:
         share = sum(r["server_seconds"] for r in steady) / train_s
-        if sc.utype == "HOGWILD":  # the updates run on the k worker threads at once
+        if policy.unlocked:  # the updates run on the k worker threads at once
             share /= sc.k
     else:  # GPU: updates timed alone, as many as the steady epochs made
         share = _gpu_update_seconds(dev, net, sc, steady) / train_s
@@ -172,10 +174,11 @@ def _gpu_update_seconds(dev: Any, net: Any, sc: Scenario, hist: list) -> float:
     w, v = cp.zeros(n, cp.float32), cp.zeros(n, cp.float32)
     rows, bad = cp.arange(sc.k, dtype=cp.int64), cp.zeros(sc.k, cp.int64)
     fn = dev.kernels.UPDATES["momentum"][0]
-    nrows = sc.k if sc.utype in ("BSP", "SBP") else 1
+    rounds = sync.resolve(sc.utype).rounds  # an update aggregates k pushes, else one
+    nrows = sc.k if rounds else 1
     t = _time(lambda: fn(G, rows[:nrows], bad, 1.0 / sc.k, w, v, 0.01, 0.9), cp.cuda.Device().synchronize)
     updates = sum(sum(r["pushes"]) for r in hist)
-    if sc.utype in ("BSP", "SBP"):
+    if rounds:
         updates /= sc.k
     return t * updates
 
@@ -202,7 +205,7 @@ def baselines(device: str, model: str = "mlp:784-512-512-10", batch: int = 256) 
 
     dev = resolve(device)
     out: dict[str, Any] = {"model": model, "batchsize": batch, "device": dev.describe()}
-    for name, fn in (("plain_loop", _plain_loop), ("torch", _torch_loops), ("aggregation", _aggregation)):
+    for name, fn in (("plain_loop", _plain_loop), ("torch", torch_baselines), ("aggregation", aggregation_bandwidth)):
         try:
             out.update(fn(dev, model, batch))
         except ImportError as exc:
@@ -236,7 +239,7 @@ def _plain_loop(dev: Any, model: str, batch: int) -> dict[str, float]:
     return {"plain_loop_samples_per_s": batch / _time(step, sync, reps=20 if dev.host_memory else 100)}
 
 
-def _torch_loops(dev: Any, model: str, batch: int) -> dict[str, float]:
+def torch_baselines(dev: Any, model: str, batch: int) -> dict[str, float]:
     import torch
 
     sizes = [int(s) for s in model[4:].split("-")]
@@ -279,7 +282,7 @@ def _torch_loops(dev: Any, model: str, batch: int) -> dict[str, float]:
     return out
 
 
-def _aggregation(dev: Any, model: str, batch: int) -> dict[str, float]:
+def aggregation_bandwidth(dev: Any, model: str, batch: int) -> dict[str, float]:
     """Fused aggregate+momentum over k=8 buffers vs a plain copy: effective bytes / time."""
     xp = dev.xp
     n = (32 << 20) if not dev.host_memory else (4 << 20)

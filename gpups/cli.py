@@ -10,6 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .options import add_cli_flags, cli_kwargs
+
 MODELS = ("softmax", "mlp", "lenet", "linear")  # the --model choices (models.for_data takes them)
 
 
@@ -21,31 +23,11 @@ def train_parser(sub: Any) -> None:
     p.add_argument("--data", default="mnist5k", help="mnist5k, digits, mnist, synthetic, synthetic_regression")
     p.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (--data mnist)")
     p.add_argument("--samples", type=int, default=10_000, help="rows of synthetic data")
-    p.add_argument("--utype", default="BSP")
-    p.add_argument("--freq", default="BATCH")
-    p.add_argument("--nbatches", type=int, default=1)
-    p.add_argument("--push", default="gradients")
-    p.add_argument("--staleness", type=int, default=0)
-    p.add_argument("--backup-workers", type=int, default=0)
-    p.add_argument("--agg", default="momentum")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=None)
     p.add_argument("--reg", type=float, default=0.0, help="L2 regularisation")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batchsize", type=int, default=64)
-    p.add_argument("--k", type=int, default=2, help="workers")
-    p.add_argument("--servers", type=int, default=1, help="server shards")
-    p.add_argument("--scheme", default="disjoint_contiguous")
-    p.add_argument("--device", default="auto",
-                   help="auto, cpu, cuda, cuda:N, or several GPUs as a comma list: cuda:0,cuda:1")
-    p.add_argument("--backend", default="local", help="'local' or 'ray' (workers and shards as Ray actors)")
-    p.add_argument("--ray-address", default=None,
-                   help="backend=ray: 'auto' or host:port of a running cluster (default: start a local one)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--checkpoint", default=None, help="folder for per-epoch checkpoints")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--nonfinite", default="raise", help="a NaN/Inf push: 'raise' (stop) or 'skip'")
+    add_cli_flags(p)  # every paramserv option declared with a flag (gpups.options.Options)
     p.add_argument("--out", default="runs/latest", help="folder for history.json, model.npz, plot")
     p.add_argument("--quiet", action="store_true")
 
@@ -62,7 +44,8 @@ def train(args: Any) -> dict[str, Any]:
     import gpups
 
     from . import datasets, models
-    from .options import writable_folder
+    from .checks import writable_folder
+    from .device import host
 
     hidden = ints("--hidden", args.hidden)
     if args.samples < 2:
@@ -80,15 +63,9 @@ def train(args: Any) -> dict[str, Any]:
     if args.momentum is not None:
         hp["momentum"] = args.momentum
     t0 = time.perf_counter()
-    res = gpups.paramserv(
-        net.init(args.seed, dtype=dtype), X, y, upd=net.gradients, agg=args.agg, utype=args.utype,
-        freq=args.freq, nbatches=args.nbatches, push=args.push, staleness=args.staleness,
-        backup_workers=args.backup_workers, epochs=args.epochs, batchsize=args.batchsize, k=args.k,
-        servers=args.servers, scheme=args.scheme, hyperparams=hp, val_features=Xv, val_labels=yv,
-        evaluate=net.evaluate, device=args.device.split(",") if "," in args.device else args.device,
-        backend=args.backend, ray_address=args.ray_address,
-        checkpoint=args.checkpoint,
-        resume=args.resume, seed=args.seed, progress=not args.quiet, nonfinite=args.nonfinite)
+    res = gpups.paramserv(net.init(args.seed, dtype=dtype), X, y, upd=net.gradients, hyperparams=hp,
+                          val_features=Xv, val_labels=yv, evaluate=net.evaluate, progress=not args.quiet,
+                          **cli_kwargs(args))
     wall = time.perf_counter() - t0
     os.makedirs(args.out, exist_ok=True)
     summary = {"model": args.model, "data": data.name, "device": res.device, "utype": args.utype,
@@ -96,8 +73,8 @@ def train(args: Any) -> dict[str, Any]:
                "history": res.history, "args": vars(args)}
     with open(os.path.join(args.out, "history.json"), "w") as f:
         json.dump(summary, f, indent=1, default=float)
-    np.savez(os.path.join(args.out, "model.npz"), **{k: np.asarray(getattr(v, "get", lambda: v)())
-                                                      for k, v in res.model.items()})
+    arrays: dict[str, Any] = {k: host(v) for k, v in res.model.items()}
+    np.savez(os.path.join(args.out, "model.npz"), **arrays)
     plotted = plot_history(res.history, os.path.join(args.out, "convergence.png"), args)
     last = res.history[-1]
     metric = " ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith("val_"))
@@ -137,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpups", description="GPU-accelerated parameter-server trainer")
     sub = parser.add_subparsers(dest="command", required=True)
     train_parser(sub)
-    from .bench import bench_parser, main as bench_main
+    from .bench import bench_parser
+    from .bench import main as bench_main
 
     bench_parser(sub)
     args = parser.parse_args(argv)

@@ -9,6 +9,7 @@ import gzip
 import os
 import struct
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -181,7 +182,7 @@ def _check_sizes(n: int, d: int) -> None:
 def load(name: str, **kwargs) -> Dataset:
     """A data set by name: ``mnist5k``, ``digits``, ``mnist`` (needs ``folder=``), ``synthetic``,
     ``synthetic_regression``."""
-    loaders = {"mnist5k": mnist5k, "digits": digits, "mnist": mnist, "synthetic": synthetic,
+    loaders: dict[str, Callable[..., Dataset]] = {"mnist5k": mnist5k, "digits": digits, "mnist": mnist, "synthetic": synthetic,
                "synthetic_regression": synthetic_regression}
     key = name.lower() if isinstance(name, str) else name
     if key not in loaders:

@@ -161,6 +161,14 @@ def resolve(device: Any) -> Any:
     return CUDADevice(ids)
 
 
+def check_spec(device: Any) -> None:
+    """A ``ValueError`` naming ``device`` unless it is a device spec (whether such a GPU exists
+    is checked when the device is resolved)."""
+    spec = device.lower() if isinstance(device, str) else device
+    if spec not in ("auto", "cpu"):
+        _cuda_ids(device)
+
+
 def _cuda_ids(device: Any) -> list[int]:
     allowed = "'auto', 'cpu', 'cuda', 'cuda:N' or a list of 'cuda:N'"
     items = device if isinstance(device, (list, tuple)) else [device]

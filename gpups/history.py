@@ -9,7 +9,8 @@ import numpy as np
 
 
 def epoch_record(epoch: int, seconds: float, workers: list, metrics: dict[str, float],
-                 utype: str, skipped: list[int]) -> dict[str, Any]:
+                 extra: dict[str, Any], skipped: list[int]) -> dict[str, Any]:
+    """One epoch's record; ``extra`` holds the sync policy's own fields (SBP's ``dropped``)."""
     counts = sum(w.loss_count for w in workers)
     loss = sum(w.mean_loss() * w.loss_count for w in workers if w.loss_count) / counts if counts else None
     samples = sum(w.samples for w in workers)
@@ -24,8 +25,7 @@ def epoch_record(epoch: int, seconds: float, workers: list, metrics: dict[str, f
         "staleness_mean": [float(np.mean(w.staleness)) if w.staleness else 0.0 for w in workers],
         "staleness_max": [int(max(w.staleness)) if w.staleness else 0 for w in workers],
     }
-    if utype == "sbp":
-        rec["dropped"] = [w.dropped for w in workers]
+    rec.update(extra)
     if any(skipped):
         rec["skipped"] = skipped
     return rec

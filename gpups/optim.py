@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import option_error
 
+
 @dataclass(frozen=True)
 class Rule:
     """Everything about one built-in update rule, in one place: the kernel modules
@@ -26,6 +27,9 @@ class Rule:
     defaults: Mapping[str, float]         # the hyperparameters it reads, with defaults (lr first)
     slots: tuple[str, ...]                # its state: parameter-sized arrays
     scalars: Callable[[Mapping[str, Any], int], tuple[float, ...]]  # kernel scalars at step t (from 1)
+    # the update in numpy, in place: step(g, w, *slots, *scalars); the numpy twins
+    # (kernels/cpu_numpy.py) run it, the numba and CUDA kernels compute the same
+    step: Callable[..., None]
     step_dependent: bool = False          # scalars change every step (no cached scalars, no graph replay)
     unit_interval: tuple[str, ...] = ()   # hyperparameters that must lie in [0, 1)
 
@@ -45,14 +49,43 @@ def _adam(hp: Mapping[str, Any], t: int) -> tuple[float, ...]:
     return hp["lr"], b1, b2, hp["eps"], 1.0 / (1.0 - b1 ** t), 1.0 / (1.0 - b2 ** t)
 
 
+def _sgd_step(g: Any, w: Any, lr: Any) -> None:
+    w -= lr * g
+
+
+def _momentum_step(g: Any, w: Any, v: Any, lr: Any, mu: Any) -> None:
+    v *= mu
+    v += g
+    w -= lr * v
+
+
+def _nesterov_step(g: Any, w: Any, v: Any, lr: Any, mu: Any) -> None:
+    v *= mu
+    v += g
+    w -= lr * (g + mu * v)
+
+
+def _adagrad_step(g: Any, w: Any, h: Any, lr: Any, eps: Any) -> None:
+    h += g * g
+    w -= lr * g / (np.sqrt(h) + eps)
+
+
+def _adam_step(g: Any, w: Any, m: Any, v: Any, lr: Any, b1: Any, b2: Any, eps: Any, bc1: Any, bc2: Any) -> None:
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * g * g
+    w -= lr * (m * bc1) / (np.sqrt(v * bc2) + eps)
+
+
 RULES: dict[str, Rule] = {r.name: r for r in (
-    Rule("sgd", {"lr": 0.01}, (), lambda hp, t: (hp["lr"],)),
+    Rule("sgd", {"lr": 0.01}, (), lambda hp, t: (hp["lr"],), _sgd_step),
     Rule("momentum", {"lr": 0.01, "momentum": 0.9}, ("v",), lambda hp, t: (hp["lr"], hp["momentum"]),
-         unit_interval=("momentum",)),
+         _momentum_step, unit_interval=("momentum",)),
     Rule("nesterov", {"lr": 0.01, "momentum": 0.9}, ("v",), lambda hp, t: (hp["lr"], hp["momentum"]),
-         unit_interval=("momentum",)),
-    Rule("adagrad", {"lr": 0.01, "eps": 1e-8}, ("h",), lambda hp, t: (hp["lr"], hp["eps"])),
-    Rule("adam", {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}, ("m", "v"), _adam,
+         _nesterov_step, unit_interval=("momentum",)),
+    Rule("adagrad", {"lr": 0.01, "eps": 1e-8}, ("h",), lambda hp, t: (hp["lr"], hp["eps"]), _adagrad_step),
+    Rule("adam", {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}, ("m", "v"), _adam, _adam_step,
          step_dependent=True, unit_interval=("beta1", "beta2")),
 )}
 BUILTIN = tuple(RULES)

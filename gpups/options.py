@@ -1,20 +1,28 @@
-"""Option checking for :func:`gpups.paramserv`: every bad input is named before any work starts."""
+"""Every option of :func:`gpups.paramserv`, declared once.
+
+:class:`Options` is a frozen dataclass; each field carries its default, what it means, its check
+and two properties: whether a resumed run must match it (``match``: the checkpoint's
+fingerprint is made of these) and its ``gpups train`` flag (``cli``). From this one declaration
+come :func:`validate`, :func:`fingerprint`, :func:`add_cli_flags` / :func:`cli_kwargs` and
+:func:`options_table` (README's table); ``paramserv``'s keyword signature is written out for
+readers and IDEs, and ``tests/test_options.py`` fails when it drifts from the declaration.
+
+Checks run in field order, each with the options before it at hand (``ctx``), so an option that
+depends on another (``nbatches`` on ``freq``, ``servers`` on ``agg``) is declared after it.
+"""
 from __future__ import annotations
 
-import inspect
 import os
-import tempfile
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
+from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
-import numpy as np
-
+from . import checks, sync
 from .errors import option_error
 from .models.base import model_of
 from .optim import BUILTIN
 from .partition import SCHEMES
 
-UTYPES = ("BSP", "ASP", "SSP", "SBP", "HOGWILD")
 FREQS = ("BATCH", "NBATCHES", "EPOCH")
 PUSHES = ("gradients", "model")
 BACKENDS = ("local", "ray")
@@ -24,255 +32,279 @@ AGG = "agg(params, grads, state, hyperparams) -> (params, state)"
 EVALUATE = "evaluate(params, features, labels) -> dict of metrics"
 
 
+def option(default: Any, doc: str, check: Callable[[Any, Any], Any] | None = None, *, match: bool = False,
+           cli: dict[str, Any] | None = None, values: str = "") -> Any:
+    """A field of :class:`Options`: ``check(value, ctx)`` returns the value to keep; ``values``
+    is how README's table lists what is allowed (default first)."""
+    meta = {"doc": doc, "check": check, "match": match, "cli": cli, "values": values}
+    return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
+
+
+# -- checks (value, ctx) -> value ----------------------------------------------------------------
+def _upd(v: Any, ctx: Any) -> Callable:
+    if not callable(v):
+        raise option_error("upd", v, "a function " + UPD)
+    checks.check_signature("upd", v, 4, UPD)
+    return v
+
+
+def _agg(v: Any, ctx: Any) -> str | Callable:
+    if callable(v):
+        checks.check_signature("agg", v, 4, AGG)
+        return v
+    if not isinstance(v, str):
+        raise option_error("agg", v, f"one of {BUILTIN} or a function {AGG}")
+    return checks.choice("agg", v, BUILTIN)
+
+
+def _hyperparams(v: Any, ctx: Any) -> Mapping | None:
+    if v is not None and not isinstance(v, Mapping):
+        raise option_error("hyperparams", v, "a dict of name -> value, or None")
+    net = model_of(ctx.upd)
+    if net is not None:  # a built-in model's gradients knows what it reads
+        net.check_hyperparams(v or {})
+    return v
+
+
+def _choice(name: str, allowed: tuple[str, ...]) -> Callable[[Any, Any], str]:
+    return lambda v, ctx: checks.choice(name, v, allowed)
+
+
+def _int(name: str, lo: int) -> Callable[[Any, Any], int]:
+    return lambda v, ctx: checks.integer(name, v, lo)
+
+
+def _nbatches(v: Any, ctx: Any) -> int:
+    nb = checks.integer("nbatches", v, 1)
+    if nb != 1 and ctx.freq != "nbatches":
+        raise option_error("nbatches", v, "1 unless freq='NBATCHES'")
+    return nb
+
+
+def _k(v: Any, ctx: Any) -> int:
+    return checks.integer("k", v, 1, ctx.n)
+
+
+def _utype(v: Any, ctx: Any) -> sync.Policy:
+    policy = sync.resolve(v, ctx.staleness, ctx.backup_workers)
+    policy.check(ctx.k)
+    return policy
+
+
+def _servers(v: Any, ctx: Any) -> int:
+    size = sum(int(a.size) for a in ctx.model.values())
+    return checks.integer("servers", v, 1, size if isinstance(ctx.agg, str) else len(ctx.model))
+
+
+def _val_labels(v: Any, ctx: Any) -> Any:
+    xv = ctx.val_features
+    if (xv is None) != (v is None):
+        raise ValueError("val_features and val_labels go together: give both or neither")
+    if xv is not None:
+        checks.check_data(xv, v, "val_")
+        if tuple(xv.shape[1:]) != tuple(ctx.features.shape[1:]):
+            raise ValueError(f"val_features rows have shape {tuple(xv.shape[1:])}; expected "
+                             f"{tuple(ctx.features.shape[1:])} like features")
+        net = model_of(ctx.upd)
+        if net is not None:
+            net.check_data(xv, v, "val_")
+    return v
+
+
+def _evaluate(v: Any, ctx: Any) -> Callable | None:
+    if v is None:
+        return None
+    if not callable(v):
+        raise option_error("evaluate", v, "a function " + EVALUATE)
+    checks.check_signature("evaluate", v, 3, EVALUATE)
+    return v
+
+
+def _device(v: Any, ctx: Any) -> Any:
+    from .device import check_spec
+
+    check_spec(v)
+    return v
+
+
+def _ray_address(v: Any, ctx: Any) -> str | None:
+    if v is None:
+        return None
+    if ctx.backend != "ray":
+        raise option_error("ray_address", v, "None unless backend='ray'")
+    ok = isinstance(v, str) and (v == "auto" or v.startswith("ray://") or (
+        ":" in v and v.rsplit(":", 1)[1].isdigit() and v.rsplit(":", 1)[0] != ""))
+    if not ok:
+        raise option_error("ray_address", v, "None (start a local Ray instance), 'auto' (the cluster "
+                           "of `ray start` on this machine) or 'host:port' of a cluster's head")
+    return v
+
+
+def _checkpoint(v: Any, ctx: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, (str, os.PathLike)):
+        raise option_error("checkpoint", v, "a folder path or None")
+    return os.fspath(v)
+
+
+def _resume(v: Any, ctx: Any) -> bool:
+    rs = checks.flag("resume", v)
+    if rs and ctx.checkpoint is None:
+        raise option_error("resume", v, "False unless checkpoint= names a folder")
+    return rs
+
+
 @dataclass(frozen=True)
 class Options:
-    agg: str | Callable
-    utype: str        # lower case
-    freq: str         # lower case
-    epochs: int
-    batchsize: int
-    k: int
-    servers: int
-    scheme: str
-    nbatches: int
-    push: str
-    staleness: int
-    backup_workers: int
-    backend: str
-    checkpoint: str | None
-    resume: bool
-    seed: int
-    progress: bool
-    nonfinite: str = "raise"
-    ray_address: str | None = None  # backend="ray": None (start a local instance), "auto", "host:port"
+    """The options of one ``paramserv`` call, checked (see the module docstring)."""
+
+    upd: Callable = option(MISSING, "`upd(params, x, y, hyperparams) -> grads` or `(grads, loss)`: the "
+                           "worker's gradient function; a built-in model's `gradients` is checked against its "
+                           "model and runs in CUDA graphs", _upd, values="a function")
+    agg: str | Callable = option("sgd", "server update rule; built-in names are fused kernels. A function "
+                                 "`agg(params, grads, state, hp) -> (params, state)` sees whole named tensors "
+                                 "(shards are cut at tensor boundaries then)", _agg, match=True,
+                                 cli={"default": "momentum", "help": "server update rule: sgd, momentum, nesterov, adagrad, adam"},
+                                 values="`sgd`, `momentum`, `nesterov`, `adagrad`, `adam`, or a function")
+    hyperparams: Mapping[str, Any] | None = option(
+        None, "passed to `upd` and `agg`; built-in rules read `lr`, `momentum`, `eps`, `beta1`, `beta2` "
+        "(defaults filled in), built-in models' `gradients` read `reg` (L2, >= 0). Other names are passed on "
+        "for your own functions; when both functions are built-in and neither reads a name (`learning_rate=` "
+        "for `lr=`), a warning says so. Values may be Python or numpy numbers", _hyperparams, values="dict")
+    freq: str = option("BATCH", "a worker pushes after every batch, every `nbatches` batches, or once per pass "
+                       "over its partition; between pushes it updates its own replica with the same optimizer",
+                       _choice("freq", FREQS), match=True, cli={"help": "BATCH, NBATCHES or EPOCH"}, values="`BATCH`, `NBATCHES`, `EPOCH`")
+    nbatches: int = option(1, "batches per push with `freq='NBATCHES'`", _nbatches, match=True, cli={"type": int},
+                           values="int >= 1")
+    push: str = option("gradients", "push the sum of the interval's gradients, or the replica's change since its "
+                       "pull (model averaging: BSP/SBP set the model to the workers' mean; async modes add each "
+                       "change divided by k)", _choice("push", PUSHES), match=True, cli={"help": "gradients, or model (model averaging)"},
+                       values="`gradients`, `model`")
+    k: int = option(1, "workers", _k, match=True, cli={"type": int, "default": 2}, values="int >= 1")
+    staleness: int = option(0, "SSP's bound s (or `utype=gpups.SSP(staleness=s)`)", None, cli={"type": int},
+                            values="int >= 0")
+    backup_workers: int = option(0, "SBP's b, 0 <= b < k (or `utype=gpups.SBP(backup=b)`)", None,
+                                 cli={"type": int}, values="int >= 0")
+    utype: Any = option("BSP", sync.describe().rstrip("."), _utype, match=True,
+                        cli={"help": "sync mode: " + ", ".join(sync.NAMES)},
+                        values=", ".join(f"`{n}`" for n in sync.NAMES) + ", or a policy object "
+                                                                         "(`gpups.SSP(staleness=2)`)")
+    epochs: int = option(1, "passes over the data", _int("epochs", 1), cli={"type": int, "default": 5},
+                         values="int >= 1")
+    batchsize: int = option(64, "rows per mini-batch, at most the smallest partition", _int("batchsize", 1),
+                            match=True, cli={"type": int}, values="int >= 1")
+    servers: int = option(1, "server shards: contiguous ranges of the flat parameter vector, each with its own "
+                          "stream and optimizer state", _servers, match=True, cli={"type": int}, values="int >= 1")
+    scheme: str = option("disjoint_contiguous", "how rows are dealt to workers (seeded)",
+                         _choice("scheme", SCHEMES), match=True, cli={},
+                         values="`disjoint_contiguous`, `disjoint_round_robin`, `disjoint_random`, "
+                                "`overlap_reshuffle`")
+    val_features: Any = option(None, "validation rows, scored after every epoch", None, values="array or None")
+    val_labels: Any = option(None, "their labels", _val_labels, values="array or None")
+    evaluate: Callable | None = option(None, "`evaluate(params, x, y) -> dict` of validation metrics; a built-in "
+                                       "model's `evaluate` is used when `upd` is its `gradients`", _evaluate,
+                                       values="a function or None")
+    device: Any = option("auto", "`auto` picks the GPU when CuPy finds one. A list places worker j on device "
+                         "`j % len` and server shard s on device `s % len` (so give `servers` >= the number of "
+                         "devices to spread the server too); pushes and pulls between devices are async copies. "
+                         "With `backend='ray'`: `auto`, `cpu` or `cuda`, for the worker actors", _device,
+                         cli={"help": "auto, cpu, cuda, cuda:N, or several GPUs as a comma list: cuda:0,cuda:1"},
+                         values="`auto`, `cpu`, `cuda`, `cuda:N`, or a list of `cuda:N`")
+    backend: str = option("local", "`ray`: the shards and workers run as Ray actors (see \"Ray backend\")",
+                          _choice("backend", BACKENDS), cli={}, values="`local`, `ray`")
+    ray_address: str | None = option(None, "with `backend='ray'`: join a running cluster (`auto` or `host:port`) "
+                                     "instead of starting a local instance", _ray_address, cli={},
+                                     values="None, `auto`, `host:port`")
+    checkpoint: str | None = option(None, "folder for per-epoch checkpoints (created if missing)", _checkpoint,
+                                    cli={}, values="None or a folder")
+    resume: bool = option(False, "continue from the newest checkpoint in `checkpoint`", _resume,
+                          cli={"action": "store_true"}, values="bool")
+    seed: int = option(0, "partition seed", _int("seed", 0), match=True, cli={"type": int}, values="int >= 0")
+    progress: bool = option(True, "one line per epoch on stderr", lambda v, ctx: checks.flag("progress", v),
+                            values="bool")
+    nonfinite: str = option("raise", "a push holding NaN or Inf is never applied; `raise` stops the run at the end "
+                            "of the epoch naming the worker and batch, `skip` goes on and counts it "
+                            "(`history[i]['skipped']`)", _choice("nonfinite", NONFINITE),
+                            cli={"help": "a NaN/Inf push: 'raise' (stop the run) or 'skip'"},
+                            values="`raise`, `skip`")
+
+    @property
+    def policy(self) -> sync.Policy:
+        """The sync mode (``utype`` as checked is a :class:`~gpups.sync.Policy`)."""
+        return self.utype
 
 
-def choice(option: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if isinstance(value, str):
-        for a in allowed:
-            if value.lower() == a.lower():
-                return a.lower()
-    raise option_error(option, value, allowed)
+def validate(model: Any, features: Any, labels: Any, **given: Any) -> Options:
+    """Check every option (in declaration order) and the arrays; returns the :class:`Options`.
+    Creates the checkpoint folder last, once everything else was found fine."""
+    unknown = set(given) - {f.name for f in fields(Options)}
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}")
+    checks.check_model(model)
+    checks.check_data(features, labels)
+    ctx = SimpleNamespace(model=model, features=features, labels=labels, n=features.shape[0])
+    values = {}
+    for f in fields(Options):
+        value = given.get(f.name, f.default)
+        if value is MISSING:
+            raise TypeError(f"paramserv() needs the keyword argument {f.name!r}")
+        check = f.metadata["check"]
+        values[f.name] = check(value, ctx) if check else value
+        setattr(ctx, f.name, values[f.name])
+        net = model_of(value) if f.name == "upd" else None
+        if net is not None:  # a built-in model's gradients: the model knows its shapes and classes
+            net.check_params(model)
+            net.check_data(features, labels)
+    if values["checkpoint"] is not None:
+        checks.writable_folder("checkpoint", values["checkpoint"])
+    return Options(**values)
 
 
-def integer(option: str, value: Any, lo: int, hi: int | None = None) -> int:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < lo or (hi is not None and value > hi):
-        rng = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-        raise option_error(option, value, rng)
-    return int(value)
-
-
-def flag(option: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise option_error(option, value, "True or False")
-    return bool(value)
-
-
-def is_array(a: Any) -> bool:
-    return isinstance(a, np.ndarray) or type(a).__module__.split(".")[0] == "cupy"
-
-
-def array_module(a: Any) -> Any:
-    if type(a).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    return np
-
-
-def check_finite(option: str, a: Any) -> None:
-    if a.dtype.kind not in "fc":
-        return
-    xp = array_module(a)
-    ok = xp.isfinite(a)
-    if not bool(ok.all()):
-        bad = np.argwhere(~np.asarray(ok.get() if xp is not np else ok))[0]
-        raise ValueError(f"{option} holds NaN or Inf (first at index {tuple(int(i) for i in bad)}); "
-                         f"expected finite values: clean or impute the data first")
-
-
-def check_model(model: Any) -> None:
-    if not isinstance(model, Mapping) or not model:
-        raise option_error("model", model, "a non-empty dict of name -> float32/float64 array")
-    dtypes = set()
-    for name, a in model.items():
-        if not isinstance(name, str):
-            raise option_error("model", name, "a dict with str keys")
-        if not is_array(a) or a.dtype not in (np.float32, np.float64):
-            got = getattr(a, "dtype", type(a).__name__)
-            raise ValueError(f"model[{name!r}] has dtype {got}; expected a float32 or float64 array")
-        if a.size == 0:
-            raise ValueError(f"model[{name!r}] is empty (shape {tuple(a.shape)}); expected at least one element")
-        dtypes.add(np.dtype(a.dtype))
-        check_finite(f"model[{name!r}]", a)
-    if len(dtypes) > 1:
-        raise ValueError(f"model mixes dtypes {sorted(str(d) for d in dtypes)}; "
-                         "expected one dtype for all parameters (float32 or float64)")
-
-
-def as_array(option: str, a: Any) -> Any:
-    """numpy and CuPy arrays as they are; anything numpy can read as an array (lists, pandas
-    DataFrames and Series) as a numpy array, as scikit-learn does; None stays None."""
-    if a is None or is_array(a):
-        return a
-    if not (isinstance(a, (list, tuple)) or hasattr(a, "__array__")):
-        raise ValueError(f"{option} is a {type(a).__name__}; expected a numpy or CuPy array (or a list or "
-                         "pandas object numpy can convert)")
-    try:
-        out = np.asarray(a)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{option} ({type(a).__name__}) does not convert to an array: {exc}") from None
-    if out.dtype == object:
-        raise ValueError(f"{option} ({type(a).__name__}) converts to an array of Python objects (ragged rows or "
-                         "mixed types); expected numbers in rows of equal length")
+def fingerprint(opts: Options) -> dict[str, Any]:
+    """What a resumed run must match (the options declared ``match=True``), as plain values."""
+    out: dict[str, Any] = {}
+    for f in fields(Options):
+        if f.metadata["match"]:
+            value = getattr(opts, f.name)
+            if isinstance(value, sync.Policy):
+                out[f.name] = value.name
+                out.update(value.params())
+            else:
+                out[f.name] = value if isinstance(value, (str, int, float, bool)) else "custom"
     return out
 
 
-def check_data(features: Any, labels: Any, prefix: str = "") -> None:
-    f, l = prefix + "features", prefix + "labels"
-    if not is_array(features) or features.ndim < 2:
-        shape = getattr(features, "shape", None)
-        raise ValueError(f"{f} has shape {shape}; expected an array of shape (n, ...) with one row per example")
-    if features.dtype.kind != "f":
-        raise ValueError(f"{f} has dtype {features.dtype}; expected float32 or float64")
-    if not is_array(labels) or labels.ndim < 1:
-        raise ValueError(f"{l} has shape {getattr(labels, 'shape', None)}; expected an array of shape (n, ...)")
-    if labels.dtype.kind not in "fiub":
-        raise ValueError(f"{l} has dtype {labels.dtype}; expected integers or floats")
-    if labels.shape[0] != features.shape[0]:
-        raise ValueError(f"{l} has {labels.shape[0]} rows but {f} has {features.shape[0]}; "
-                         "expected one label row per feature row")
-    if features.shape[0] == 0:
-        raise ValueError(f"{f} has no rows")
-    check_finite(f, features)
-    check_finite(l, labels)
+# -- the command line -----------------------------------------------------------------------------
+def cli_options() -> list[Any]:
+    return [f for f in fields(Options) if f.metadata["cli"] is not None]
 
 
-def validate(model: Any, features: Any, labels: Any, *, upd: Any, agg: Any, utype: Any, freq: Any,
-             epochs: Any, batchsize: Any, k: Any, servers: Any, scheme: Any, hyperparams: Any,
-             val_features: Any, val_labels: Any, evaluate: Any, nbatches: Any, push: Any,
-             staleness: Any, backup_workers: Any, backend: Any, checkpoint: Any, resume: Any,
-             seed: Any, progress: Any, nonfinite: Any = "raise", ray_address: Any = None) -> Options:
-    check_model(model)
-    check_data(features, labels)
-    if (val_features is None) != (val_labels is None):
-        raise ValueError("val_features and val_labels go together: give both or neither")
-    if val_features is not None:
-        check_data(val_features, val_labels, "val_")
-        if tuple(val_features.shape[1:]) != tuple(features.shape[1:]):
-            raise ValueError(f"val_features rows have shape {tuple(val_features.shape[1:])}; expected "
-                             f"{tuple(features.shape[1:])} like features")
-    if not callable(upd):
-        raise option_error("upd", upd, "a function " + UPD)
-    check_signature("upd", upd, 4, UPD)
-    if not (callable(agg) or isinstance(agg, str)):
-        raise option_error("agg", agg, f"one of {BUILTIN} or a function {AGG}")
-    if callable(agg):
-        check_signature("agg", agg, 4, AGG)
-    else:
-        agg = choice("agg", agg, BUILTIN)
-    if evaluate is not None and not callable(evaluate):
-        raise option_error("evaluate", evaluate, "a function " + EVALUATE)
-    if evaluate is not None:
-        check_signature("evaluate", evaluate, 3, EVALUATE)
-    if hyperparams is not None and not isinstance(hyperparams, Mapping):
-        raise option_error("hyperparams", hyperparams, "a dict of name -> value, or None")
-    net = model_of(upd)
-    if net is not None:  # a built-in model's gradients: it knows its shapes, classes and hyperparameters
-        net.check_params(model)
-        net.check_data(features, labels)
-        if val_features is not None:
-            net.check_data(val_features, val_labels, "val_")
-        net.check_hyperparams(hyperparams or {})
-    ut = choice("utype", utype, UTYPES)
-    fr = choice("freq", freq, FREQS)
-    n = features.shape[0]
-    kk = integer("k", k, 1, n)
-    ep = integer("epochs", epochs, 1)
-    bs = integer("batchsize", batchsize, 1)
-    size = sum(int(a.size) for a in model.values())
-    limit = size if isinstance(agg, str) else len(model)
-    sv = integer("servers", servers, 1, limit)
-    sc = choice("scheme", scheme, SCHEMES)
-    nb = integer("nbatches", nbatches, 1)
-    if nb != 1 and fr != "nbatches":
-        raise option_error("nbatches", nbatches, "1 unless freq='NBATCHES'")
-    ps = choice("push", push, PUSHES)
-    st = integer("staleness", staleness, 0)
-    if st != 0 and ut != "ssp":
-        raise option_error("staleness", staleness, "0 unless utype='SSP'")
-    bw = integer("backup_workers", backup_workers, 0, kk - 1)
-    if bw != 0 and ut != "sbp":
-        raise option_error("backup_workers", backup_workers, "0 unless utype='SBP'")
-    be = choice("backend", backend, BACKENDS)
-    ra = check_ray_address(ray_address, be)
-    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
-        raise option_error("checkpoint", checkpoint, "a folder path or None")
-    rs = flag("resume", resume)
-    if rs and checkpoint is None:
-        raise option_error("resume", resume, "False unless checkpoint= names a folder")
-    sd = integer("seed", seed, 0)
-    pg = flag("progress", progress)
-    nf = choice("nonfinite", nonfinite, NONFINITE)
-    if checkpoint is not None:  # last: it creates the folder
-        writable_folder("checkpoint", checkpoint)
-    return Options(agg, ut, fr, ep, bs, kk, sv, sc, nb, ps, st, bw, be,
-                   None if checkpoint is None else os.fspath(checkpoint), rs, sd, pg, nf, ra)
+def add_cli_flags(parser: Any) -> None:
+    """``--name`` flags for every option declared with ``cli``."""
+    for f in cli_options():
+        cli = dict(f.metadata["cli"])
+        kw: dict[str, Any] = {"default": cli.pop("default", f.default), "help": cli.pop("help", _first(f))}
+        kw.update(cli)
+        parser.add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
-def check_signature(option: str, fn: Callable, nargs: int, expected: str) -> None:
-    """``fn`` must accept ``nargs`` positional arguments (functions whose signature Python
-    cannot read, such as some C functions, are given the benefit of the doubt)."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return
-    try:
-        sig.bind(*range(nargs))
-    except TypeError:
-        name = getattr(fn, "__qualname__", type(fn).__name__)
-        raise ValueError(f"{option}={name} takes {sig}; expected a function {expected}") from None
+def cli_kwargs(args: Any) -> dict[str, Any]:
+    """``paramserv`` keyword arguments from parsed flags (a comma list of GPUs becomes a list)."""
+    kw = {f.name: getattr(args, f.name) for f in cli_options()}
+    if isinstance(kw["device"], str) and "," in kw["device"]:
+        kw["device"] = kw["device"].split(",")
+    return kw
 
 
-def writable_folder(option: str, path: Any) -> str:
-    """Create the folder ``path`` if needed and check that this process may write there, so that
-    a bad path is named before any work, not after the first epoch."""
-    path = os.fspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{option}={path!r} is a file; expected a folder (created if missing)")
-    parent = os.path.abspath(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"{option}={path!r} cannot be created: {parent!r} is a file, not a folder")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path) as probe:
-            probe.write(b"0")
-    except OSError as exc:
-        raise ValueError(f"{option}={path!r} is not a folder this process can write to ({exc.strerror or exc}); "
-                         "expected a writable folder") from None
-    return path
+def _first(f: Any) -> str:
+    return f.metadata["doc"].split(";")[0].split(". ")[0].replace("`", "")
 
 
-def check_partitions(parts: list, batchsize: int, n: int, k: int) -> None:
-    smallest = min(len(p) for p in parts)
-    if batchsize > smallest:
-        j = min(range(k), key=lambda i: len(parts[i]))
-        raise option_error("batchsize", batchsize,
-                           f"at most {smallest}: worker {j}'s partition has {smallest} rows "
-                           f"({n} rows over k={k} workers)")
-
-
-def check_ray_address(address: Any, backend: str) -> str | None:
-    if address is None:
-        return None
-    if backend != "ray":
-        raise option_error("ray_address", address, "None unless backend='ray'")
-    ok = isinstance(address, str) and (address == "auto" or address.startswith("ray://") or (
-        ":" in address and address.rsplit(":", 1)[1].isdigit() and address.rsplit(":", 1)[0] != ""))
-    if not ok:
-        raise option_error("ray_address", address, "None (start a local Ray instance), 'auto' (the cluster "
-                           "of `ray start` on this machine) or 'host:port' of a cluster's head")
-    return address
+def options_table() -> str:
+    """README's options table, made from the declaration."""
+    rows = ["| option | values (default first) | meaning |", "|---|---|---|"]
+    for f in fields(Options):
+        default = "required" if f.default is MISSING else f"`{f.default!r}`".replace("'", '"')
+        rows.append(f"| `{f.name}` | {default}; {f.metadata['values']} | {f.metadata['doc']}. |")
+    return "\n".join(rows)

@@ -8,14 +8,18 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import checkpoint as ckpt
+from .checks import array_module, as_array, check_partitions
 from .device import CPUDevice, host, resolve
-from .flat import Layout
 from .errors import option_error
+from .flat import Layout
+from .local import LocalBackend
 from .models.base import model_of
 from .optim import check_like, make_rule, reads, resolve_hyperparams
-from .options import array_module, as_array, check_partitions, validate
+from .options import validate
 from .partition import partition
 from .runtime import Run, check_metrics, log
+from .seams import Backend
+from .sync import Policy
 from .worker import accepts_out, call_upd, readonly_error
 
 
@@ -31,7 +35,7 @@ class Result:
 
 
 def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Callable,
-              agg: str | Callable = "sgd", utype: str = "BSP", freq: str = "BATCH", epochs: int = 1,
+              agg: str | Callable = "sgd", utype: str | Policy = "BSP", freq: str = "BATCH", epochs: int = 1,
               batchsize: int = 64, k: int = 1, servers: int = 1, scheme: str = "disjoint_contiguous",
               hyperparams: Mapping[str, Any] | None = None, val_features: Any = None,
               val_labels: Any = None, evaluate: Callable | None = None, nbatches: int = 1,
@@ -45,22 +49,21 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
     with ``params``' keys and shapes), optionally as ``(grads, loss)``. ``agg`` is the server's
     update rule: ``sgd``, ``momentum``, ``nesterov``, ``adagrad``, ``adam`` (fused kernels) or a
     function ``agg(params, grads, state, hyperparams) -> (params, state)``. ``utype`` is the sync
-    mode (``BSP``, ``ASP``, ``SSP``, ``SBP``, ``HOGWILD``), ``freq`` how often workers push
+    mode (``BSP``, ``ASP``, ``SSP``, ``SBP``, ``HOGWILD``, or a policy object such as
+    ``gpups.SSP(staleness=2)``), ``freq`` how often workers push
     (``BATCH``, ``NBATCHES``, ``EPOCH``). A push holding NaN or Inf is never applied; with
     ``nonfinite="raise"`` the run stops naming the worker and batch, with ``"skip"`` it goes on and
     counts it. ``device`` is ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or a list of GPUs (worker j on
     ``device[j % len]``, shard s on ``device[s % len]``); features are cast to the model's dtype.
     ``backend="ray"`` runs the shards and workers as Ray actors (a local Ray instance,
-    or the cluster at ``ray_address``). Inputs are never mutated. See README.md for every option.
+    or the cluster at ``ray_address``). Inputs are never mutated. Every option is declared, with
+    its meaning and check, in :class:`gpups.options.Options` (README's table is made from it).
     """
+    given = {name: value for name, value in locals().items() if name not in ("model", "features", "labels")}
     features, labels = as_array("features", features), as_array("labels", labels)
-    val_features, val_labels = as_array("val_features", val_features), as_array("val_labels", val_labels)
-    opts = validate(model, features, labels, upd=upd, agg=agg, utype=utype, freq=freq, epochs=epochs,
-                    batchsize=batchsize, k=k, servers=servers, scheme=scheme, hyperparams=hyperparams,
-                    val_features=val_features, val_labels=val_labels, evaluate=evaluate,
-                    nbatches=nbatches, push=push, staleness=staleness, backup_workers=backup_workers,
-                    backend=backend, checkpoint=checkpoint, resume=resume, seed=seed, progress=progress,
-                    nonfinite=nonfinite, ray_address=ray_address)
+    given["val_features"] = val_features = as_array("val_features", val_features)
+    given["val_labels"] = val_labels = as_array("val_labels", val_labels)
+    opts = validate(model, features, labels, **given)
     hp = resolve_hyperparams(opts.agg, hyperparams)
     warn_unread(hyperparams, upd, opts.agg)
     remote = opts.backend == "ray"
@@ -74,7 +77,7 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
         parts = partition(n, opts.k, opts.scheme, opts.seed)
         check_partitions(parts, opts.batchsize, n, opts.k)
         if evaluate is None and val_features is not None:
-            evaluate = getattr(getattr(upd, "__self__", None), "evaluate", None)
+            evaluate = getattr(model_of(upd), "evaluate", None)
 
         layout = Layout.of(model)
         in_xp = array_module(next(iter(model.values())))
@@ -93,18 +96,20 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
             if evaluate is not None:
                 check_metrics(evaluate(layout.views(dev.place(init.copy()), readonly=True), val[0][:2], val[1][:2]))
 
+        engine: Backend  # (where the server and workers live; `backend` is the option naming it)
         if remote:
-            from .ray_backend import RayRun
+            from .ray_backend import RayBackend
 
-            run: Run = RayRun(opts, layout, init, xf, yl, parts, upd, hp, evaluate, val, actor_device)
+            engine = RayBackend(opts, layout, init, xf, yl, parts, upd, hp, actor_device)
         else:
-            run = Run(opts, dev, layout, init, xf, yl, parts, upd, hp, evaluate, val)
+            engine = LocalBackend(opts, dev, layout, init, xf, yl, parts, upd, hp)
         try:
+            run = Run(opts, engine, layout, hp, evaluate, val)
             if opts.resume:
                 resume_from(run, opts)
         except BaseException:  # the workers exist already: stop them (train() does after this)
-            run.cancel()
-            run.close()
+            engine.cancel()
+            engine.close()
             raise
         history = run.train(opts.epochs)
 
@@ -167,7 +172,10 @@ def dry_run(dev: Any, layout: Layout, init: Any, X: Any, y: Any, rows: np.ndarra
     try:
         grads, _ = call_upd(upd, wants_out, params, xb, yb, hp, layout.views(gflat))
     except ValueError as exc:
-        raise readonly_error(exc) or exc
+        clearer = readonly_error(exc)
+        if clearer is None:
+            raise
+        raise clearer from exc
     if not dev.host_memory and not bool((flat == dev.place(init)).all()):  # (CuPy has no read-only arrays)
         raise ValueError("upd changed its params argument in place: upd must only read params and return the "
                          "gradients (the server owns the parameters; change them in agg)")

@@ -105,6 +105,7 @@ class ParamServer:
             for ev in after:
                 sh.stream.wait_event(ev)
             sh.step += 1
+            work: tuple[Any, ...]
             if pull_into is None:
                 work = (self._kernels, sh, rows_dev, scale, False, sh.step)
             else:

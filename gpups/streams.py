@@ -87,6 +87,9 @@ class InlineStream:
     def synchronize(self) -> None:
         pass
 
+    def cancel(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -1,8 +1,10 @@
 """Sync modes: small policies over the one server and the one worker type.
 
 Each policy runs one epoch: it decides when a worker may start its next push interval and when
-and how pushes are applied. The work itself always goes through :meth:`Run.start` (pull, then
-the worker's interval on its stream, then an event) and :meth:`ParamServer.apply`.
+and how pushes are applied. The work itself always goes through the run's primitives
+(:class:`gpups.seams.RunHandle`): :meth:`start` (pull, then the worker's interval on its stream,
+then an event), :meth:`apply_async`, ``server.apply`` and, for workers that pull and push by
+themselves, :meth:`start_unlocked`.
 
 - :class:`BSP` is a static schedule: round r launches every worker with work, and the server
   streams wait on all their events before one mean update. No host wait per round, so on a GPU
@@ -15,16 +17,76 @@ the worker's interval on its stream, then an event) and :meth:`ParamServer.apply
 
 Async pushes (ASP, SSP, HOGWILD) each contribute ``1/k`` of their payload, so the learning rate
 means the same as in BSP's mean: k pushes move the model as far as one BSP round.
+
+A policy also declares what the runtime needs to know about it (the class attributes of
+:class:`Policy`), and owns its parameters (``SSP(staleness=2)``, ``SBP(backup=1)``): no other
+module compares mode names. Adding a mode is a class here (docs/architecture.md).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .errors import option_error
+
+if TYPE_CHECKING:
+    from .seams import RunHandle
 
 
-class BSP:
+class Policy:
+    """What every sync mode declares. The runtime reads these traits; only this module knows
+    which mode has which."""
+
+    name: ClassVar[str] = ""
+    #: nothing changes the server's parameters while workers compute on them (BSP's rounds), so
+    #: one-step workers may compute on them directly instead of on a pulled replica
+    still_during_rounds: ClassVar[bool] = False
+    #: workers pull and apply their own pushes, unordered and unlocked (HOGWILD)
+    unlocked: ClassVar[bool] = False
+    #: an update aggregates a round of pushes from several workers (else one push each)
+    rounds: ClassVar[bool] = False
+    #: on Ray, a dead worker's call is retried with its own arguments (it means "this round's
+    #: model"); else the driver resubmits it from the server's current model
+    retry_same_args: ClassVar[bool] = False
+
+    def params(self) -> dict[str, Any]:
+        """The mode's parameters (part of a checkpoint's fingerprint)."""
+        return {}
+
+    def check(self, k: int) -> None:
+        """A ``ValueError`` if the parameters do not fit ``k`` workers."""
+
+    def history(self, workers: list) -> dict[str, Any]:
+        """Extra per-epoch history fields."""
+        return {}
+
+    @classmethod
+    def typical(cls) -> "Policy":
+        """The mode with parameters typical for a benchmark."""
+        return cls()
+
+    def run_epoch(self, run: RunHandle, epoch: int) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.params() == self.params()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(self.params().items())))
+
+
+class BSP(Policy):
+    """Each round waits for every worker with work, then applies the mean of their pushes."""
+
     name = "bsp"
+    still_during_rounds = True
+    rounds = True
+    retry_same_args = True
 
-    def run_epoch(self, run: Any, epoch: int) -> None:
+    def run_epoch(self, run: RunHandle, epoch: int) -> None:
         plans = run.plans()
         for r in range(max(len(p) for p in plans)):
             active = [j for j, p in enumerate(plans) if r < len(p)]
@@ -34,12 +96,10 @@ class BSP:
                 run.workers[j].staleness.append(0)
 
 
-class Arrival:
+class Arrival(Policy):
     """Base of the arrival-driven policies: launch, wait for any, let the policy react."""
 
-    name = "arrival"
-
-    def run_epoch(self, run: Any, epoch: int) -> None:
+    def run_epoch(self, run: RunHandle, epoch: int) -> None:
         self.run, self.epoch = run, epoch
         self.plans = run.plans()
         self.next = [0] * len(self.plans)  # next interval per worker
@@ -74,7 +134,7 @@ class Arrival:
 
 
 class ASP(Arrival):
-    """Each push is applied as it arrives; the worker then pulls the newest model."""
+    """Each push is applied as it arrives; that worker then pulls the newest model."""
 
     name = "asp"
 
@@ -86,12 +146,19 @@ class ASP(Arrival):
 
 
 class SSP(ASP):
-    """ASP, but a worker may start clock c only while c - (slowest clock) <= staleness."""
+    """ASP, but no worker starts clock c while the slowest worker is below c - `staleness`."""
 
     name = "ssp"
 
-    def __init__(self, staleness: int):
-        self.s = staleness
+    def __init__(self, staleness: int = 0):
+        self.s = _count("staleness", staleness)
+
+    def params(self) -> dict[str, Any]:
+        return {"staleness": self.s}
+
+    @classmethod
+    def typical(cls) -> "SSP":
+        return cls(staleness=2)
 
     def begin(self) -> None:
         self.clock = [0] * len(self.plans)
@@ -120,13 +187,28 @@ class SSP(ASP):
 
 
 class SBP(Arrival):
-    """Synchronous with b backup workers: each round aggregates the first k-b pushes; pushes
-    computed for a closed round arrive too late and are dropped (the worker pulls and goes on)."""
+    """BSP with `backup_workers` = b: a round closes on the first k-b pushes; pushes computed for
+    a closed round arrive too late and are dropped (the worker pulls and goes on)."""
 
     name = "sbp"
+    rounds = True
 
-    def __init__(self, backup: int):
-        self.b = backup
+    def __init__(self, backup: int = 0):
+        self.b = _count("backup", backup)
+
+    def params(self) -> dict[str, Any]:
+        return {"backup": self.b}
+
+    def check(self, k: int) -> None:
+        if self.b > k - 1:
+            raise option_error("backup_workers", self.b, f"an integer in [0, {k - 1}] (fewer than k={k} workers)")
+
+    def history(self, workers: list) -> dict[str, Any]:
+        return {"dropped": [w.dropped for w in workers]}
+
+    @classmethod
+    def typical(cls) -> "SBP":
+        return cls(backup=1)
 
     def begin(self) -> None:
         self.round, self.tag = 0, [0] * len(self.plans)
@@ -165,20 +247,60 @@ class SBP(Arrival):
             self.try_start(j)
 
 
-class Hogwild:
-    name = "hogwild"
+class Hogwild(Policy):
+    """Each worker applies its own pushes to the shared parameters, no lock, no order."""
 
-    def run_epoch(self, run: Any, epoch: int) -> None:
+    name = "hogwild"
+    still_during_rounds = True  # (one-step workers compute on the shared parameters: the point)
+    unlocked = True
+    retry_same_args = True
+
+    def run_epoch(self, run: RunHandle, epoch: int) -> None:
         plans = run.plans()
         for r in range(max(len(p) for p in plans)):  # interleaved: no worker's queue goes first
-            for w, plan in zip(run.workers, plans):
+            for j, plan in enumerate(plans):
                 if r < len(plan):
-                    w.stream.launch(run.hogwild_interval, w, plan[r], epoch)
+                    run.start_unlocked(j, plan[r], epoch)
 
 
-def make_policy(utype: str, staleness: int, backup_workers: int) -> Any:
-    if utype == "ssp":
-        return SSP(staleness)
-    if utype == "sbp":
-        return SBP(backup_workers)
-    return {"bsp": BSP, "asp": ASP, "hogwild": Hogwild}[utype]()
+HOGWILD = Hogwild
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (BSP, ASP, SSP, SBP, Hogwild)}
+NAMES = ("BSP", "ASP", "SSP", "SBP", "HOGWILD")  # as users write them (case-insensitive)
+
+
+def describe() -> str:
+    """One sentence per mode, from the policies' docstrings (README's options table uses it)."""
+    return " ".join(f"{name}: {' '.join(POLICIES[name.lower()].__doc__.split())}"  # type: ignore[union-attr]
+                    for name in NAMES)
+
+
+def _count(option: str, value: Any) -> int:
+    import numpy as np
+
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+        raise option_error(option, value, "an integer >= 0")
+    return int(value)
+
+
+def resolve(utype: Any, staleness: Any = 0, backup_workers: Any = 0) -> Policy:
+    """The policy for ``utype``: a name (its parameters from ``staleness`` and
+    ``backup_workers``), or a :class:`Policy` object, which owns its parameters."""
+    if isinstance(utype, Policy):
+        for option, value in (("staleness", staleness), ("backup_workers", backup_workers)):
+            if value != 0:
+                raise option_error(option, value, f"0 when utype is a policy object ({utype!r} owns its "
+                                   "parameters)")
+        return utype
+    if isinstance(utype, str) and utype.lower() in POLICIES:
+        cls = POLICIES[utype.lower()]
+        if staleness != 0 and cls is not SSP:
+            raise option_error("staleness", staleness, "0 unless utype='SSP'")
+        if backup_workers != 0 and cls is not SBP:
+            raise option_error("backup_workers", backup_workers, "0 unless utype='SBP'")
+        if cls is SSP:
+            return SSP(_count("staleness", staleness))
+        if cls is SBP:
+            return SBP(_count("backup_workers", backup_workers))
+        return cls()
+    raise option_error("utype", utype, f"one of {', '.join(repr(n) for n in NAMES)} or a policy object such as "
+                       "gpups.SSP(staleness=2)")

@@ -38,10 +38,8 @@ def readonly_error(exc: ValueError) -> ValueError | None:
     """A clearer error for ``upd`` writing into its (read-only) ``params``, else None."""
     if "read-only" not in str(exc):
         return None
-    err = ValueError(f"upd changed its params argument in place ({exc}): upd must only read params and "
-                     "return the gradients (the server owns the parameters; change them in agg)")
-    err.__cause__ = exc
-    return err
+    return ValueError(f"upd changed its params argument in place ({exc}): upd must only read params and "
+                      "return the gradients (the server owns the parameters; change them in agg)")
 
 
 def accepts_out(fn: Callable) -> bool:
@@ -69,6 +67,11 @@ class Accounts:
         per = {"batch": 1, "nbatches": nbatches, "epoch": self.batches}[freq]
         full, rest = divmod(self.batches, per)
         return [per] * full + ([rest] if rest else [])
+
+    def new_epoch(self) -> None:
+        """Host-side accounts back to the epoch's start."""
+        self.cursor = 0
+        self.reset_stats()
 
     def reset_stats(self) -> None:
         self.loss_host, self.loss_count = 0.0, 0
@@ -98,7 +101,12 @@ class Worker(Accounts):
     def __init__(self, j: int, device: Any, features: Any, labels: Any, rows: np.ndarray,
                  layout: Layout, server: Any, upd: Callable, hp: dict, rule: Any,
                  batchsize: int, push: str, alias: bool = False, concurrent: bool = True,
-                 check_finite: bool = True, keep_state: bool = False):
+                 check_finite: bool = True, keep_state: bool = False, pull_unlocked: bool = False,
+                 tail: Callable[[], None] | None = None):
+        """``alias``: compute on the server's parameters (no replica); ``concurrent``: a thread
+        of its own on the CPU; ``keep_state``: a skipped push undoes its local updates;
+        ``pull_unlocked`` / ``tail``: device work before / after each interval (HOGWILD's
+        unlocked pull, and its push applied by the worker itself), captured with it."""
         self.j, self.device, self.layout, self.server = j, device, layout, server
         self.upd, self.hp, self.rule, self.push = upd, hp, rule, push
         self.wants_out = accepts_out(upd)
@@ -108,15 +116,15 @@ class Worker(Accounts):
         xs, ys = features[rows], labels[rows]  # (where the data lies; placed on the slot below)
         with device.on(self.slot):
             self._build(xs, ys, layout, server, rule, batchsize, push, alias, concurrent)
-        self.graphs: Any = None  # GPU: the interval graphs, set up by the run (gpu.IntervalGraphs)
         self.has_loss = False
-        self.head: Callable | None = None  # device work before / after each interval (HOGWILD's
-        self.tail: Callable | None = None  # unlocked pull and push), captured with it
+        self.head: Callable | None = self.pull_unlocked if pull_unlocked else None
+        self.tail = tail
         self.epoch = 0
         self.cursor = 0      # next batch within the epoch (host side)
         self.pulled = 0      # server version of the last pull (staleness is counted from it)
         self.where = ""      # for error messages: epoch and batch being run
         self.reset_stats()
+        self.graphs = device.step_graphs(self)  # GPU: CUDA graphs of its intervals (None: eager)
 
     def _build(self, xs: Any, ys: Any, layout: Layout, server: Any, rule: Any,
                batchsize: int, push: str, alias: bool, concurrent: bool) -> None:
@@ -139,7 +147,7 @@ class Worker(Accounts):
         self.grad = xp.empty_like(home.w)
         self.grad_views = layout.views(self.grad)
         self.payload_views = layout.views(self.payload)
-        self.base = xp.empty_like(home.w) if push == "model" else None
+        self.base: Any = xp.empty_like(home.w) if push == "model" else None
         self.local_state = rule.init_state(xp, layout.size, home.w.dtype)
         # the local state as it was when the interval began (restored if its push is skipped)
         self.saved_state = {s: xp.empty_like(a) for s, a in self.local_state.items()} if self.keep_state else {}
@@ -148,6 +156,16 @@ class Worker(Accounts):
         self.nobad = xp.zeros(1, xp.int64)
         self.counter = xp.zeros(1, xp.int64)   # batches done this epoch (device side for graphs)
         self.loss_dev = None if device.host_memory else xp.zeros((), xp.float64)  # summed on the device
+
+    def seek(self, cursor: int) -> None:
+        """Go on from batch ``cursor`` of the epoch (a Ray actor is told where the run is)."""
+        self.cursor = cursor
+        self.device.set_counter(self.counter, cursor)
+
+    def compute_on(self, flat: Any = None) -> None:
+        """Compute the next intervals on ``flat`` (parameters pulled elsewhere, read-only)
+        instead of the replica; None: on the replica again."""
+        self.params = self.layout.views(self.replica if flat is None else flat, readonly=True)
 
     def start_epoch(self) -> None:
         """On the worker's stream: the batch counter and the device loss sum back to 0."""
@@ -228,7 +246,10 @@ class Worker(Accounts):
         try:
             grads, loss = call_upd(self.upd, self.wants_out, self.params, x, y, self.hp, views)
         except ValueError as exc:
-            raise readonly_error(exc) or exc
+            clearer = readonly_error(exc)
+            if clearer is None:
+                raise
+            raise clearer from exc
         for name, view in views.items():
             g = grads[name]
             if g is view:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..optim import RULES
+
 
 def _mean(G, rows, bad, scale):
     good = [int(r) for r in rows if bad[int(r)] == 0]
@@ -20,43 +22,19 @@ def w_type(a):
     return a.dtype.type
 
 
-def sgd(G, rows, bad, scale, w, lr):
-    g = _mean(G, rows, bad, scale)
-    if g is not None:
-        w -= lr * g
+def _update(name):
+    """The rule's update in numpy: the mean of the good rows, then its ``step`` (gpups.optim)."""
+    step = RULES[name].step
 
+    def update(G, rows, bad, scale, w, *slots_then_scalars, pull=None):
+        g = _mean(G, rows, bad, scale)
+        if g is not None:
+            step(g, w, *slots_then_scalars)
+        if pull is not None:
+            pull[...] = w
 
-def momentum(G, rows, bad, scale, w, v, lr, mu):
-    g = _mean(G, rows, bad, scale)
-    if g is not None:
-        v *= mu
-        v += g
-        w -= lr * v
-
-
-def nesterov(G, rows, bad, scale, w, v, lr, mu):
-    g = _mean(G, rows, bad, scale)
-    if g is not None:
-        v *= mu
-        v += g
-        w -= lr * (g + mu * v)
-
-
-def adagrad(G, rows, bad, scale, w, h, lr, eps):
-    g = _mean(G, rows, bad, scale)
-    if g is not None:
-        h += g * g
-        w -= lr * g / (np.sqrt(h) + eps)
-
-
-def adam(G, rows, bad, scale, w, m, v, lr, b1, b2, eps, bc1, bc2):
-    g = _mean(G, rows, bad, scale)
-    if g is not None:
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * g * g
-        w -= lr * (m * bc1) / (np.sqrt(v * bc2) + eps)
+    update.__name__ = name
+    return update
 
 
 def aggregate(G, rows, bad, scale, out):
@@ -89,5 +67,4 @@ def copy(dst, src):
 aggregate_serial, flag_nonfinite_serial = aggregate, flag_nonfinite
 FUSED_PULL = False
 PARALLEL_MIN = 0
-UPDATES = {name: (f, f) for name, f in
-           [("sgd", sgd), ("momentum", momentum), ("nesterov", nesterov), ("adagrad", adagrad), ("adam", adam)]}
+UPDATES = {name: (_update(name),) * 2 for name in RULES}

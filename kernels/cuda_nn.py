@@ -16,7 +16,6 @@ from ..capture import on_stream_release
 from . import cublas
 from .cuda import THREADS, blocks, function
 
-
 COLSUM_ROWS = 32  # rows per block of the column sums (more rows: a second pass adds the parts)
 
 

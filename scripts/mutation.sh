@@ -18,9 +18,10 @@ for line in open("mutants/results.txt"):
     m = re.match(r"\s*(\S+): (\w[\w ]*)$", line)
     if m:
         counts[m.group(2).strip()] += 1
-total = sum(counts.values())
-print("mutants:", dict(counts), "total", total)
+checked = sum(v for k, v in counts.items() if k != "not checked")
+print("mutants:", dict(counts))
 killed = counts.get("killed", 0) + counts.get("timeout", 0)
-if total:
-    print(f"killed {killed}/{total} = {100 * killed / total:.1f} %")
+if checked:
+    print(f"killed {killed} of the {checked} checked = {100 * killed / checked:.1f} % "
+          "(survivors: `mutmut show NAME`; equivalent ones are listed in docs/mutation.md)")
 PY

@@ -7,7 +7,7 @@ import pytest
 
 import gpups
 from gpups import datasets
-from gpups.models import LeNet, MLP, SoftmaxRegression
+from gpups.models import MLP, LeNet, SoftmaxRegression
 from gpups.models.ops import ArrayOps
 
 pytestmark = pytest.mark.gpu

@@ -313,7 +313,7 @@ def test_a_stale_temporary_file_is_removed_at_the_next_save(tmp_path):
 @pytest.mark.parametrize("first,then,key", [
     (dict(freq="NBATCHES", nbatches=2), dict(freq="NBATCHES", nbatches=3), "nbatches: checkpoint 2, now 3"),
     (dict(utype="SSP", staleness=1), dict(utype="SSP", staleness=2), "staleness: checkpoint 1, now 2"),
-    (dict(utype="SBP", backup_workers=1), dict(utype="SBP", backup_workers=0), "backup_workers: checkpoint 1, now 0"),
+    (dict(utype="SBP", backup_workers=1), dict(utype="SBP", backup_workers=0), "backup: checkpoint 1, now 0"),
 ])
 def test_resume_must_match_mode_parameters(tmp_path, first, then, key):
     run(epochs=1, checkpoint=str(tmp_path), **first)

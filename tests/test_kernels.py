@@ -15,6 +15,7 @@ def numba_backend():
 
 def cuda_backend():
     import cupy
+
     from gpups.kernels import cuda
     return cuda, cupy
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import gpups
-from gpups.models import LeNet, LinearRegression, MLP, SoftmaxRegression
-from gpups.models.ops import ArrayOps, NumbaOps
 from gpups.kernels import cpu_nn
+from gpups.models import MLP, LeNet, LinearRegression, SoftmaxRegression
+from gpups.models.ops import ArrayOps, NumbaOps
 
 RNG = np.random.default_rng(0)
 

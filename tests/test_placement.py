@@ -2,10 +2,10 @@
 homes, each with buffers of its own, so every copy between homes (pushes sent to far shards,
 pulls of far ranges, the gathered model, the flags, checkpoints) runs as it does across GPUs.
 Placed runs must equal the one-slot run wherever the mode is deterministic."""
+import importlib
+
 import numpy as np
 import pytest
-
-import importlib
 
 import gpups
 from gpups.device import CPUDevice

@@ -185,18 +185,18 @@ def _pids(title):
 
 @pytest.fixture
 def live_runs(monkeypatch):
-    """The RayRun objects paramserv builds in this test: their actors' pids and history tell a
-    killer which process is this run's and what the run has reached."""
-    from gpups.ray_backend.run import RayRun
+    """The runs paramserv builds in this test: their history, and their Ray actors' pids, tell
+    a killer what the run has reached and which process is this run's."""
+    from gpups.runtime import Run
 
     runs = []
-    build = RayRun._build
+    init = Run.__init__
 
     def spy(self, *args, **kwargs):
-        build(self, *args, **kwargs)
+        init(self, *args, **kwargs)
         runs.append(self)
 
-    monkeypatch.setattr(RayRun, "_build", spy)
+    monkeypatch.setattr(Run, "__init__", spy)
     return runs
 
 
@@ -208,7 +208,7 @@ def kill_shard_after_epoch(runs, epoch, killed, folder=None):
         while time.time() < deadline:
             if runs and len(runs[0].history) >= epoch and (
                     folder is None or (folder / f"epoch-{epoch:05d}.ckpt").exists()):
-                pid = runs[0].pids["server shard 0"]
+                pid = runs[0].backend.pids["server shard 0"]
                 os.kill(pid, signal.SIGKILL)
                 killed.append((pid, len(runs[0].history)))
                 return

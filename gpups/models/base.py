@@ -54,6 +54,7 @@ class Model:
     """
 
     classifier = True
+    last_bias: str  # the last layer's bias: the loss adds it (fused into the loss kernels)
     max_workspaces = 64
     hyperparams = ("reg",)  # what ``gradients`` reads: reg, the L2 coefficient (>= 0)
 
@@ -150,6 +151,15 @@ class Model:
         return ws
 
     def buffers(self, n: int) -> dict[str, tuple[int, ...]]:
+        """Activation and gradient buffer shapes for a batch of n rows."""
+        raise NotImplementedError
+
+    def logits(self, params: dict[str, Any], x: Any, ws: dict[str, Any], ops: Any) -> Any:
+        """Forward pass into the workspace; the last layer's output before its bias."""
+        raise NotImplementedError
+
+    def backward(self, params: dict[str, Any], ws: dict[str, Any], dz: Any, out: dict[str, Any], ops: Any) -> None:
+        """Gradients of every parameter but the last bias into ``out``, from ``dz``."""
         raise NotImplementedError
 
     # -- the public functions ------------------------------------------------------------------

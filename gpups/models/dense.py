@@ -39,13 +39,13 @@ class MLP(Model):
         return (self.sizes[0],)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        out = {}
+        out: dict[str, tuple[int, ...]] = {}
         for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:]), 1):
             out[f"W{i}"], out[f"b{i}"] = (a, b), (b,)
         return out
 
     def buffers(self, n: int) -> dict[str, tuple[int, ...]]:
-        bufs = {f"h{i}": (n, m) for i, m in enumerate(self.sizes[1:], 1)}
+        bufs: dict[str, tuple[int, ...]] = {f"h{i}": (n, m) for i, m in enumerate(self.sizes[1:], 1)}
         bufs.update({f"d{i}": (n, m) for i, m in enumerate(self.sizes[1:-1], 1)})
         bufs["dz"] = (n, self.sizes[-1])
         bufs["loss"] = ()

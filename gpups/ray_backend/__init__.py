@@ -1,4 +1,4 @@
 """``backend="ray"``: server shards and workers as Ray actors (the optional extra ``gpups[ray]``)."""
-from .run import RayRun
+from .run import RayBackend
 
-__all__ = ["RayRun"]
+__all__ = ["RayBackend"]

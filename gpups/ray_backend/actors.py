@@ -100,12 +100,10 @@ class WorkerActor:
             self.device = CPUDevice()
         xp = self.device.xp
         self.mirror = _Mirror(j, layout.size, layout.dtype, k, xp)
-        self.worker = w = Worker(j, self.device, X, y, np.arange(len(X)), layout, self.mirror, upd, hp,
-                                 make_rule(agg, hp, layout), batchsize, push, alias=False, concurrent=False,
-                                 keep_state=keep_state)
-        w.graphs = self.device.step_graphs(w)
+        self.worker = Worker(j, self.device, X, y, np.arange(len(X)), layout, self.mirror, upd, hp,
+                             make_rule(agg, hp, layout), batchsize, push, alias=False, concurrent=False,
+                             keep_state=keep_state)
         self.cuts, self.shards, self.j = cuts, list(shards), j
-        self.params = w.params  # views of the replica
 
     def ready(self) -> int:
         return os.getpid()
@@ -136,9 +134,9 @@ class WorkerActor:
         step, gradients pushed, one shard, on the CPU), used where they lie: no copy."""
         w = self.worker
         if nsteps == 1 and w.push == "gradients" and len(parts) == 1 and self.device.host_memory:
-            w.params = w.layout.views(parts[0], readonly=True)
+            w.compute_on(parts[0])
             return
-        w.params = self.params
+        w.compute_on(None)
         for (lo, hi), part in zip(self.cuts, parts):
             w.replica[lo:hi] = part if self.device.host_memory else self.device.place(part)
         if w.base is not None:
@@ -149,13 +147,12 @@ class WorkerActor:
         w.reset_stats()
         if w.loss_dev is not None:
             w.loss_dev.fill(0)
-        w.cursor = cursor
-        self.device.set_counter(w.counter, cursor)
+        w.seek(cursor)
         bad[1:, self.j] = 0
         try:
             w.run(nsteps, epoch)
         except Exception as exc:  # the driver names the batch, as the local backend does
-            exc.gpups_where = w.where
+            setattr(exc, "gpups_where", w.where)  # noqa: B010
             raise
         flags = [int(v) for v in self.device.to_host(bad[:, self.j])]
         loss = w.mean_loss()
@@ -184,7 +181,7 @@ def limit_threads(n: int) -> None:
     try:
         import numba
 
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
     except Exception:  # numba missing (numpy kernels) or its layer fixed already
         pass
     from threadpoolctl import threadpool_limits

@@ -1,8 +1,9 @@
 """``backend="ray"``: the same run, policies and epoch loop, over Ray actors.
 
-:class:`RayRun` is a :class:`~gpups.runtime.Run` whose server is a :class:`RemoteServer` (one
-:class:`~.actors.ShardActor` per shard) and whose workers are :class:`RemoteWorker` proxies (the
-host bookkeeping here, a :class:`~.actors.WorkerActor` doing the work). The sync policies do not
+:class:`RayBackend` is the :class:`gpups.seams.Backend` that the run's epoch loop drives: its
+server is a :class:`RemoteServer` (one :class:`~.actors.ShardActor` per shard) and its workers
+are :class:`RemoteWorker` proxies (the host bookkeeping here, a :class:`~.actors.WorkerActor`
+doing the work). The sync policies do not
 change: an event is the ObjectRef of a worker's push, ``wait_any`` is ``ray.wait``, and a pull
 is the ObjectRefs of the shards' newest parameters, passed to the worker's next call. Ray runs
 a task once its arguments exist, so BSP's whole epoch is submitted ahead, as on a GPU.
@@ -26,9 +27,8 @@ from ..device import CPUDevice
 from ..errors import WorkerError
 from ..flat import Layout
 from ..optim import make_rule
-from ..runtime import Run, log
+from ..runtime import log
 from ..streams import InlineStream, StreamError
-from ..sync import make_policy
 from ..worker import Accounts
 from .actors import ShardActor, WorkerActor
 from .cluster import Cluster, share, ship_by_value, unship
@@ -78,7 +78,7 @@ class RayDevice(CPUDevice):
         self.description = (f"ray ({len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPU, "
                             f"{res.get('GPU', 0):g} GPU)")
 
-    def wait_any(self, events: Sequence[RayEvent]) -> list[int]:
+    def wait_any(self, events: Sequence[Any]) -> list[int]:
         refs = [e.ref for e in events]
         self.ray.wait(refs, num_returns=1)
         ready = set(self.ray.wait(refs, num_returns=len(refs), timeout=0)[0])
@@ -184,30 +184,36 @@ class RemoteWorker(Accounts):
         self.calls = []
 
 
-class RayRun(Run):
+class RayBackend:
+    """Implements :class:`gpups.seams.Backend` over Ray actors: one :class:`ShardActor` per
+    shard, one :class:`WorkerActor` per worker; the driver holds :class:`RemoteWorker` proxies
+    and a :class:`RemoteServer`."""
+
+    restarts = True  # a dead actor loses its state: the run keeps its start to go back to
+
     def __init__(self, opts: Any, layout: Layout, init_flat: np.ndarray, features: Any, labels: Any,
-                 parts: list[np.ndarray], upd: Callable, hp: dict, evaluate: Callable | None,
-                 val: tuple[Any, Any] | None, device: str):
+                 parts: list[np.ndarray], upd: Callable, hp: dict, device: str):
         self.cluster = Cluster(opts.ray_address)
+        self.actors: list[Any] = []
+        self.shipped: list[Any] = []
+        self.final: np.ndarray | None = None
         try:
-            self._build(opts, layout, init_flat, features, labels, parts, upd, hp, evaluate, val, device)
+            self._build(opts, layout, init_flat, features, labels, parts, upd, hp, device)
         except BaseException:
             self.close()
             raise
 
     def _build(self, opts: Any, layout: Layout, init_flat: np.ndarray, features: Any, labels: Any,
-               parts: list[np.ndarray], upd: Callable, hp: dict, evaluate: Callable | None,
-               val: tuple[Any, Any] | None, device: str) -> None:
+               parts: list[np.ndarray], upd: Callable, hp: dict, device: str) -> None:
         ray = self.ray = self.cluster.ray
         self.shipped = ship_by_value(ray)  # user functions in modules the actors cannot import
-        self.opts, self.layout, self.hp, self.evaluate, self.val = opts, layout, hp, evaluate, val
+        self.opts = opts
         self.device = RayDevice(ray)
-        self.actors: list[Any] = []
+        policy = opts.policy
         k = opts.k
         cuts = layout.shards(opts.servers, whole_tensors=make_rule(opts.agg, hp).whole_tensors)
-        hogwild = opts.utype == "hogwild"
         shard_cls = ray.remote(ShardActor).options(
-            num_cpus=0, max_restarts=RESTARTS, max_task_retries=0, max_concurrency=k if hogwild else 1)
+            num_cpus=0, max_restarts=RESTARTS, max_task_retries=0, max_concurrency=k if policy.unlocked else 1)
         # arrays go to the constructors as refs (inside a list, fetched by the actor): the driver
         # keeps them alive for the run, so a restarted actor finds them again. (Ray still logs
         # that a restartable actor has object-store constructor arguments: it is harmless here.)
@@ -223,16 +229,16 @@ class RayRun(Run):
         if not cpus:
             raise ValueError(f"k={k} workers do not fit on this Ray cluster's CPUs "
                              f"({self.cluster.node_resources('CPU')})")
-        # BSP and HOGWILD calls are retried by Ray itself with their own arguments; the arrival
-        # policies resubmit with the current model instead (RayEvent.retry)
-        retries = RESTARTS if opts.utype in ("bsp", "hogwild") else 0
+        # a call that means "this round's model" (BSP, HOGWILD) is retried by Ray itself with its
+        # own arguments; the arrival policies resubmit with the current model (RayEvent.retry)
+        retries = RESTARTS if policy.retry_same_args else 0
         worker_cls = ray.remote(WorkerActor).options(
             num_cpus=cpus, num_gpus=min(gpus, 1.0), max_restarts=RESTARTS, max_task_retries=retries)
         ys = np.asarray(labels)
         data = [[ray.put(np.ascontiguousarray(features[rows])), ray.put(ys[rows])] for rows in parts]
         self.data_refs += [r for pair in data for r in pair]
         actors = [worker_cls.remote(j, data[j], layout, upd, opts.agg, hp, opts.batchsize, opts.push, k, cuts,
-                                    max(1, int(cpus)), gpus > 0, shards if hogwild else (),
+                                    max(1, int(cpus)), gpus > 0, shards if policy.unlocked else (),
                                     keep_state=opts.nonfinite == "skip")
                   for j in range(k)]
         self.actors += actors
@@ -248,16 +254,10 @@ class RayRun(Run):
         self.server.names.update({a._actor_id.hex(): f"worker {j}" for j, a in enumerate(actors)})
         self.server.current = self.data_refs[:len(cuts)]
         self.workers = [RemoteWorker(j, a, len(rows), opts.batchsize) for j, (a, rows) in enumerate(zip(actors, parts))]
-        self.policy = make_policy(opts.utype, opts.staleness, opts.backup_workers)
-        self.clock_log: list[tuple[int, int, int]] = []
-        self.history: list[dict[str, Any]] = []
-        self.first_epoch = 0
-        self.progress = None
-        self.start_state = self.state_dict(0) if opts.checkpoint else None
         self.in_flight: collections.deque = collections.deque()
 
-    # -- primitives for policies ---------------------------------------------------------------
-    def start(self, j: int, nsteps: int, epoch: int, pulled: list | None = None) -> RayEvent:
+    # -- what the run asks ---------------------------------------------------------------------
+    def start(self, j: int, nsteps: int, epoch: int, pulled: list | None) -> RayEvent:
         w = self.workers[j]
         w.pulled = self.server.version
         parts = [e.ref for e in pulled] if pulled is not None else list(self.server.current)
@@ -275,18 +275,16 @@ class RayRun(Run):
             submit(list(self.server.current))
 
         submit(parts)
-        if self.opts.utype not in ("bsp", "hogwild"):
+        if not self.opts.policy.retry_same_args:
             ev.retry = resubmit
         w.calls.append(ev)
         self.throttle(ev)
-        if self.progress is not None and self.progress.due():
-            self.progress.heartbeat(epoch, sum(x.cursor for x in self.workers),
-                                    sum(x.batches for x in self.workers), sum(x.samples for x in self.workers))
         return ev
 
-    def hogwild_interval(self, w: RemoteWorker, nsteps: int, epoch: int) -> None:
+    def start_unlocked(self, j: int, nsteps: int, epoch: int, scale: float) -> None:
+        w = self.workers[j]
         b0 = w.account(nsteps, epoch)
-        ref = w.actor.hogwild.remote(b0, nsteps, epoch, 1.0 / self.opts.k)
+        ref = w.actor.hogwild.remote(b0, nsteps, epoch, scale)
         w.calls.append(self.server.event(ref, f"worker {w.j}"))
         self.throttle(w.calls[-1])
         self.server.version += 1
@@ -298,33 +296,25 @@ class RayRun(Run):
         while len(self.in_flight) > AHEAD * len(self.workers):
             self.ray.wait([self.in_flight.popleft().ref])
 
-    # -- the epoch loop ------------------------------------------------------------------------
-    def epoch(self, epoch: int, progress: Any) -> None:
+    def run_epoch(self, epoch: Callable[[], None], restore: Callable[[], int | None]) -> None:
         """An epoch; if a server shard died in it, back to the newest checkpoint and again."""
         for attempt in range(RESTARTS + 1):
             try:
-                return super().epoch(epoch, progress)
+                return epoch()
             except StreamError as err:
                 if not err.stream_name.startswith("server shard") or attempt == RESTARTS:
                     raise
-                if self.start_state is None:
+                done = restore()
+                if done is None:
                     raise WorkerError(err.stream_name, f"{type(err.exc).__name__}: {err.exc} (with checkpoint= "
                                       "a restarted shard restores the newest checkpoint and the run goes on)"
                                       ) from err.exc
-                state = self.restore_point()
                 log(f"gpups: {err.stream_name} died ({type(err.exc).__name__}); Ray restarts it and the run "
-                    f"goes back to the end of epoch {state['epoch']}")
-                self.load_state_dict(state)
-                self.history = self.history[:state["epoch"]]
+                    f"goes back to the end of epoch {done}")
 
-    def restore_point(self) -> dict[str, Any]:
-        from .. import checkpoint as ckpt
-
-        return ckpt.load_latest(self.opts.checkpoint) or self.start_state
-
-    def barrier(self) -> None:
+    def barrier(self, progress: Any) -> None:
         """Every call of the epoch done: fold their statuses into the workers' accounts."""
-        self.wait_calls()
+        self.wait_calls(progress)
         self.in_flight.clear()
         for w in self.workers:
             for ev in w.calls:
@@ -337,14 +327,13 @@ class RayRun(Run):
                 if "staleness" in st:
                     w.staleness.append(st["staleness"])
             w.calls = []
-        if self.opts.utype == "hogwild":  # the workers pushed to the shards themselves
+        if self.opts.policy.unlocked:  # the workers pushed to the shards themselves
             self.server.current = [a.params.remote() for a in self.server.actors]
         self.server.synchronize()
 
-    def wait_calls(self) -> None:
+    def wait_calls(self, progress: Any) -> None:
         """Wait for the epoch's calls (BSP and HOGWILD submit a whole epoch at once), with a
         heartbeat line every 10 s giving the share of calls done."""
-        progress = self.progress
         if progress is None or not progress.enabled:
             return
         pending = [ev.ref for w in self.workers for ev in w.calls]
@@ -369,26 +358,17 @@ class RayRun(Run):
     def cancel(self) -> None:
         pass
 
-    def train(self, epochs: int) -> list[dict[str, Any]]:
-        """The local epoch loop; then the final parameters are fetched before Ray goes away."""
-        self.keep_open = True
-        try:
-            history = super().train(epochs)
-            self.server.final = self.server.w
-            return history
-        finally:
-            self.keep_open = False
-            self.close()
+    def finish(self) -> None:
+        """The final parameters, fetched before Ray goes away."""
+        self.server.final = self.server.w
 
     def close(self) -> None:
-        if getattr(self, "keep_open", False):
-            return
-        for a in getattr(self, "actors", []):
+        for a in self.actors:
             try:
                 self.cluster.ray.kill(a)
             except Exception:
                 pass
         self.actors = []
-        unship(self.cluster.ray, getattr(self, "shipped", []))
+        unship(self.cluster.ray, self.shipped)
         self.shipped = []
         self.cluster.close()

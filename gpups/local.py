@@ -1,0 +1,116 @@
+"""The local backend: a :class:`~gpups.server.ParamServer` and k :class:`~gpups.worker.Worker` s
+on this machine's device (CPU threads, or CUDA streams of one or several GPUs)."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import numpy as np
+
+from .flat import Layout
+from .optim import make_rule
+from .server import ParamServer
+from .worker import Worker
+
+
+class LocalBackend:
+    """Implements :class:`gpups.seams.Backend` on one process's device."""
+
+    restarts = False  # nothing is lost mid-run but with the process
+
+    def __init__(self, opts: Any, device: Any, layout: Layout, init_flat: np.ndarray, features: Any, labels: Any,
+                 parts: list[np.ndarray], upd: Callable, hp: dict):
+        self.device = device
+        policy = opts.policy
+        self.server = ParamServer(device, layout, device.place(init_flat), make_rule(opts.agg, hp, layout),
+                                  opts.k, opts.servers, opts.push)
+        # Workers of a policy that applies its own pushes write the shared parameters from their
+        # own streams; on several GPUs a stream cannot run a kernel on another device, so their
+        # pushes are applied by streams of theirs on the shards' devices (ParamServer.push_from).
+        self.unlocked = policy.unlocked and device.slots == 1
+        # Workers compute on the server's parameters, without a replica copy, where nothing can
+        # change them meanwhile (BSP's rounds) or where changing them is the point (HOGWILD);
+        # only with one step per push and no local update.
+        alias = (policy.still_during_rounds and (self.unlocked or not policy.unlocked)
+                 and opts.freq == "batch" and opts.push == "gradients")
+        self.workers: list[Worker] = []
+        try:
+            for j, rows in enumerate(parts):
+                tail = (functools.partial(self.server.push_unlocked, device.rows([j]), 1.0 / opts.k)
+                        if self.unlocked else None)
+                self.workers.append(Worker(
+                    j, device, features, labels, rows, layout, self.server, upd, hp, make_rule(opts.agg, hp, layout),
+                    opts.batchsize, opts.push, alias=alias, concurrent=opts.k > 1,
+                    keep_state=opts.nonfinite == "skip", pull_unlocked=policy.unlocked and not alias, tail=tail))
+        except BaseException:  # (out of memory on the device, say): stop the threads started
+            self.close()
+            raise
+        device.synchronize()  # set-up copies ran on the default stream: finish them first
+
+    # -- what the run asks --------------------------------------------------------------------
+    def start(self, j: int, nsteps: int, epoch: int, pulled: list | None) -> Any:
+        w = self.workers[j]
+        w.pulled = self.server.version
+        for ev in self.server.pull(w.replica, w.slot) if pulled is None else pulled:
+            w.stream.wait_event(ev)
+        if w.base is not None:
+            w.stream.launch(w.snapshot_base)
+        w.stream.launch(w.run, nsteps, epoch)
+        return w.stream.record()
+
+    def start_unlocked(self, j: int, nsteps: int, epoch: int, scale: float) -> None:
+        w = self.workers[j]
+        w.stream.launch(self._unlocked_interval, w, nsteps, epoch, scale)
+
+    def _unlocked_interval(self, w: Worker, nsteps: int, epoch: int, scale: float) -> None:
+        """On worker w's stream: its interval, with its unlocked pull and push (the worker's
+        head and tail), then the bookkeeping. On several GPUs the push is applied by streams of
+        w's own on the shards' devices (:meth:`ParamServer.push_from`)."""
+        w.pulled = self.server.version
+        w.run(nsteps, epoch)
+        w.staleness.append(self.server.version - w.pulled)
+        if not self.unlocked:
+            # (a CPU worker runs this on its own thread, after its interval: nothing to wait for)
+            after = w.stream.record() if self.device.async_launch else None
+            for ev in self.server.push_from(w.j, scale, after):
+                w.stream.wait_event(ev)
+        self.server.count_unlocked()
+
+    def barrier(self, progress: Any) -> None:
+        for ev in [w.stream.record() for w in self.workers]:
+            ev.synchronize()
+        self.server.synchronize()
+
+    @staticmethod
+    def run_epoch(epoch: Callable[[], None], restore: Callable[[], Any]) -> None:
+        epoch()
+
+    def skipped(self) -> list[int]:
+        return [int(v) for v in self.server.flags()[1]]
+
+    def worker_states(self) -> list[dict[str, Any]]:
+        return [w.state_dict() for w in self.workers]
+
+    def load_worker_states(self, states: list[dict[str, Any]]) -> None:
+        for w, st in zip(self.workers, states):
+            w.load_state_dict(st)
+        self.device.synchronize()
+
+    def cancel(self) -> None:
+        """Stop the streams after a failure; on a GPU, let the work already queued finish before
+        the run's buffers go back to the memory pool (a later allocation could get them while
+        a kernel still writes there)."""
+        for w in self.workers:
+            w.stream.cancel()
+        try:
+            self.device.synchronize()
+        except Exception:  # a device fault: the error being raised says more
+            pass
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stream.close()
+        self.server.close()
