@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .errors import option_error
+from .kernels import twin
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,7 @@ class Builtin:
         counts updates of this state, from 1; ``lo`` is where ``w`` starts in the model (an
         element-wise rule needs no more). ``pull=dst``: kernels with ``FUSED_PULL`` (CUDA)
         write the new parameters to dst in the same pass."""
-        serial = serial or w.shape[0] < kernels.PARALLEL_MIN
-        fn = kernels.UPDATES[self.name][1 if serial else 0]
+        fn = twin(*kernels.UPDATES[self.name], w.shape[0], concurrent=serial)
         dt = w.dtype.type
         fn(G, rows, bad, dt(scale), w, *state.values(), *self._typed(dt, step), **pull)
 

@@ -36,7 +36,7 @@ class DeviceHandle(Protocol):
         """The array module."""
     @property
     def kernels(self) -> Any:
-        """The kernel module (UPDATES, FUSED_PULL, PARALLEL_MIN, ...)."""
+        """The kernel module (UPDATES keyed by rule, FUSED_PULL, copy, flag_nonfinite, ...)."""
     @property
     def slots(self) -> int:
         """Device slots that workers and shards are placed on."""

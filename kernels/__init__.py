@@ -11,3 +11,22 @@ applied to their sum (1/number of pushes for a mean), ``w`` the flat parameters 
 optimizer's per-element slots. Each kernel reads every input once and writes ``w`` and the state
 once: aggregation and update are fused.
 """
+
+import threading as _threading
+from typing import Any as _Any
+
+#: activation codes shared by the model layer and every kernel module
+RELU, TANH, SIGMOID, IDENTITY = 0, 1, 2, 3
+ACT_CODES = {"relu": RELU, "tanh": TANH, "sigmoid": SIGMOID, "identity": IDENTITY}
+
+#: below this many elements a numba kernel's serial twin is faster (waking OpenMP costs ~100 us)
+PARALLEL_MIN = 1 << 18
+
+
+def twin(parallel: _Any, serial: _Any, size: int, concurrent: bool | None = None) -> _Any:
+    """Which of a kernel's twins to call: the serial one for small arrays, and for callers that
+    may run at once with others (numba's parallel layer must not be entered from two threads at
+    once); ``concurrent=None`` means "any thread but the main one" (a lone worker runs there)."""
+    if concurrent is None:
+        concurrent = _threading.current_thread() is not _threading.main_thread()
+    return serial if concurrent or size < PARALLEL_MIN else parallel

@@ -17,8 +17,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import numpy as np
 from numba import njit, prange
 
-# Below this many elements the serial kernel is faster: waking the OpenMP threads costs ~100 us.
-PARALLEL_MIN = 1 << 18
 CHUNK = 4096  # elements per parallel task: the summed gradient of a chunk stays in L1
 
 

@@ -12,9 +12,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import IDENTITY, RELU, SIGMOID, TANH  # noqa: F401
 from .cpu import _twin
-
-RELU, TANH, SIGMOID, IDENTITY = 0, 1, 2, 3
 
 
 def _bias_act(z, b, act):

@@ -66,5 +66,4 @@ def copy(dst, src):
 
 aggregate_serial, flag_nonfinite_serial = aggregate, flag_nonfinite
 FUSED_PULL = False
-PARALLEL_MIN = 0
 UPDATES = {name: (_update(name),) * 2 for name in RULES}

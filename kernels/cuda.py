@@ -67,7 +67,6 @@ def _update(name: str) -> Any:
 
 UPDATES = {name: (_update(name),) * 2 for name in RULES}  # (parallel, serial): one kernel serves both
 FUSED_PULL = True  # the update kernels can write the new parameters to a puller's replica too
-PARALLEL_MIN = 0   # no serial twin to prefer for small ranges
 
 
 def aggregate(G: Any, rows: Any, bad: Any, scale: float, out: Any) -> None:

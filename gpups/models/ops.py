@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-RELU, TANH, SIGMOID, IDENTITY = 0, 1, 2, 3
-ACT_CODES = {"relu": RELU, "tanh": TANH, "sigmoid": SIGMOID, "identity": IDENTITY}
+from ..kernels import ACT_CODES, IDENTITY, RELU, SIGMOID, TANH, twin  # noqa: F401
 
 
 class ArrayOps:
@@ -114,23 +113,17 @@ class NumbaOps:
     inline there and has the cores to itself), serial otherwise (small tensors, where waking
     OpenMP threads costs more than it saves, and worker threads, which run concurrently)."""
 
-    PARALLEL_MIN = 1 << 18
-
     @staticmethod
     def gemm(a: Any, b: Any, out: Any) -> Any:
         return np.matmul(a, b, out=out)
 
     def __getattr__(self, name: str) -> Any:
-        import threading
-
         from gpups.kernels import cpu_nn
 
         par, ser = getattr(cpu_nn.parallel_ops, name), getattr(cpu_nn.serial_ops, name)
-        main = threading.main_thread()
 
         def call(*args: Any) -> Any:
-            big = args[0].size >= self.PARALLEL_MIN and threading.current_thread() is main
-            return (par if big else ser)(*args)
+            return twin(par, ser, args[0].size)(*args)
 
         setattr(self, name, call)
         return call
