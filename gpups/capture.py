@@ -7,14 +7,15 @@ import threading
 from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
-Blocker = Callable[[Mapping[str, Any]], Optional[str]]
+Blocker = Callable[[Mapping[str, Any], Any], Optional[str]]
 
 
 def graph_safe(fn: F | None = None, *, unless: Blocker | None = None) -> Any:
     """Mark ``upd`` as safe to capture in a CUDA graph on a GPU: it only launches work on the
     current stream, allocates nothing once warm (write into ``out=`` and buffers of its own),
     never reads a device value on the host, and its Python control flow does not depend on the
-    data. ``unless(hyperparams)`` may return a reason it is not, for some hyperparameters.
+    data. ``unless(hyperparams, owner)`` may return a reason it is not (for some
+    hyperparameters; ``owner`` is the object whose method ``upd`` is, or None).
 
     >>> @graph_safe
     ... def upd(params, x, y, hp, out=None): ...
@@ -30,7 +31,7 @@ def capture_blocker(fn: Callable, hp: Mapping[str, Any]) -> str | None:
     flag = getattr(fn, "graph_safe", None)
     if not flag:
         return "upd is not declared graph-safe (gpups.graph_safe); it runs eagerly"
-    return flag(hp) if callable(flag) else None
+    return flag(hp, getattr(fn, "__self__", None)) if callable(flag) else None
 
 
 # -- memory a captured graph points at ----------------------------------------------------------

@@ -108,7 +108,10 @@ class Worker(Accounts):
         ``pull_unlocked`` / ``tail``: device work before / after each interval (HOGWILD's
         unlocked pull, and its push applied by the worker itself), captured with it."""
         self.j, self.device, self.layout, self.server = j, device, layout, server
-        self.upd, self.hp, self.rule, self.push = upd, hp, rule, push
+        self.upd, self.rule, self.push = upd, rule, push
+        # what upd is given: the hyperparameters, plus who calls and how far it is (a Dropout
+        # layer's mask depends on them, so that runs are reproducible)
+        self.hp = {**hp, "worker": j, "step": 0}
         self.wants_out = accepts_out(upd)
         self.check_finite = check_finite
         self.keep_state = keep_state  # nonfinite="skip": a skipped push undoes its local updates
@@ -211,6 +214,7 @@ class Worker(Accounts):
                 lo, hi = b * self.batchsize, min((b + 1) * self.batchsize, self.n)
                 x, y = self.X[lo:hi], self.y[lo:hi]
             direct = push_grads and s == 0  # first gradient goes straight into the payload
+            self.hp["step"] = self.epoch * self.batches + b  # (this worker's batches so far)
             self.step(x, y, direct, s < nsteps - 1 or not push_grads, s)
             if graph is not None:
                 graph.advance()

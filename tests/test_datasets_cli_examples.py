@@ -94,3 +94,11 @@ def test_example_runs(script, args):
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "accuracy" in proc.stdout or "val acc" in proc.stdout
+
+
+def test_own_model_example_reaches_its_accuracy():
+    """examples/own_model.py: a CNN with a residual block, from gpups.nn layers, >= 0.95 on mnist5k."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "own_model.py")], capture_output=True,
+                          text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split("validation accuracy")[1].split()[0]) >= 0.95

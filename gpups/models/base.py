@@ -12,8 +12,11 @@ from ..capture import graph_safe, hold, on_stream_release
 from .ops import ops_for
 
 
-def _reg_allocates(hp: Any) -> str | None:
-    return "hyperparams['reg'] allocates per step" if (hp or {}).get("reg") else None
+def _blocker(hp: Any, model: Any) -> str | None:
+    """Why a model's gradients cannot be captured in a CUDA graph with these hyperparameters."""
+    if (hp or {}).get("reg"):
+        return "hyperparams['reg'] allocates per step"
+    return model.capture_blocker() if model is not None else None
 
 
 def xp_of(a: Any) -> Any:
@@ -68,6 +71,10 @@ class Model:
         raise NotImplementedError
 
     # -- checks before any work ----------------------------------------------------------------
+    def capture_blocker(self) -> str | None:
+        """Why this model's steps cannot be captured in a CUDA graph (None: they can)."""
+        return None
+
     def check_params(self, params: Any) -> None:
         """``params`` must have this model's names and shapes."""
         want = self.shapes()
@@ -163,7 +170,7 @@ class Model:
         raise NotImplementedError
 
     # -- the public functions ------------------------------------------------------------------
-    @graph_safe(unless=_reg_allocates)
+    @graph_safe(unless=_blocker)
     def gradients(self, params: dict[str, Any], x: Any, y: Any, hyperparams: dict | None = None,
                   out: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
         """The ``upd`` function: ``(grads, loss)`` of the batch. Gradients are written into
