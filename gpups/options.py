@@ -164,7 +164,8 @@ class Options:
                            "model and runs in CUDA graphs", _upd, values="a function")
     agg: str | Callable = option("sgd", "server update rule; built-in names are fused kernels. A function "
                                  "`agg(params, grads, state, hp) -> (params, state)` sees whole named tensors "
-                                 "(shards are cut at tensor boundaries then)", _agg, match=True,
+                                 "(shards are cut at tensor boundaries then); `grads` are views of a buffer gpups "
+                                 "reuses: copy what the state keeps", _agg, match=True,
                                  cli={"default": "momentum", "help": "server update rule: sgd, momentum, nesterov, adagrad, adam"},
                                  values="`sgd`, `momentum`, `nesterov`, `adagrad`, `adam`, or a function")
     hyperparams: Mapping[str, Any] | None = option(

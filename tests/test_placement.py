@@ -136,3 +136,25 @@ def test_checkpoint_resume_across_slots_equals_unbroken(blobs, slots, tmp_path):
     with pytest.warns(UserWarning, match="4 epochs done already"):  # (loaded, nothing left to train)
         again = ps(X, y, servers=3, epochs=4, checkpoint=str(tmp_path), resume=True)
     assert_models_close(again.model, full.model, rtol=0, atol=0)
+
+
+def test_hogwild_over_slots_scales_each_push_by_one_over_k(slots):
+    """k=2 over two slots (each worker's push applied by its own streams on the shard's slot),
+    worker 1's pushes all non-finite and skipped: plain SGD over worker 0's rows with lr/2."""
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((80, 6))
+    y = rng.integers(0, 3, 80)
+    net = small_net()
+
+    def upd(p, x, yy, hp):
+        g, loss = net.gradients(p, x, yy, hp)
+        return ({n: v * np.nan for n, v in g.items()} if any((x[0] == X[40:]).all(1)) else g), loss
+
+    slots(2)
+    got = ps(X, y, upd=upd, utype="HOGWILD", k=2, servers=2, agg="sgd", hyperparams={"lr": 0.2}, epochs=1,
+             nonfinite="skip").model
+    p = net.init(0, dtype=np.float64)
+    for lo in range(0, 40, 10):
+        g, _ = net.gradients(p, X[lo:lo + 10], y[lo:lo + 10], {})
+        p = {n: p[n] - 0.1 * g[n] for n in p}
+    assert_models_close(got, p, rtol=1e-12, atol=1e-14)

@@ -135,3 +135,31 @@ def test_bsp_trains_each_worker_on_its_contiguous_block():
     g = grad(p, X[3:4], y[3:4])
     want = {n: p[n] - 0.1 * g[n] for n in p}
     close(train(X, y, k=3, batchsize=3), want)
+
+
+@pytest.mark.parametrize("utype,extra", [("BSP", {}), ("ASP", {}), ("SSP", {"staleness": 1}),
+                                         ("SBP", {"backup_workers": 1}), ("HOGWILD", {})])
+def test_unequal_batch_counts_finish_every_batch_in_every_mode(utype, extra):
+    """241 rows, k=4, batch 30: 3, 2, 2 and 2 batches; each epoch trains every row once."""
+    X, y = problem(241)
+    res = gpups.paramserv(small_net().init(0, dtype=np.float64), X, y, upd=small_net().gradients, utype=utype,
+                          k=4, batchsize=30, epochs=2, device="cpu", progress=False, **extra)
+    for rec in res.history:
+        assert rec["pushes"] == [3, 2, 2, 2] and rec["samples"] == 241
+        if utype in ("BSP", "SBP"):  # a round's pushes are all computed on the round's model
+            assert rec["staleness_max"] == [0, 0, 0, 0] and rec["staleness_mean"] == [0.0] * 4
+        if utype == "SBP":
+            assert sum(rec["dropped"]) <= sum(rec["pushes"]) - 3  # (at least one push per round is applied)
+
+
+def test_ssp_clocks_start_at_zero_each_epoch():
+    X, y = problem(120)
+    res = gpups.paramserv(small_net().init(0, dtype=np.float64), X, y, upd=small_net().gradients, utype="SSP",
+                          staleness=1, k=3, batchsize=10, epochs=2, device="cpu", progress=False)
+    log = res.clock_log
+    assert len(log) == 2 * 12
+    for epoch in (log[:12], log[12:]):
+        starts = [entry for entry in epoch if entry[1] == 0]
+        assert sorted(j for j, _, _ in starts) == [0, 1, 2] and all(s == 0 for _, _, s in starts)
+        for j in range(3):  # each worker's clocks count 0, 1, 2, 3 within the epoch
+            assert [c for w, c, _ in epoch if w == j] == [0, 1, 2, 3]
