@@ -24,9 +24,13 @@ class Chain(Layer):
     def build(self, in_shape: Shape, prefix: str) -> Shape:
         self.in_shape, self.prefix = tuple(in_shape), prefix
         shape = self.in_shape
+        trained_before = False  # does any layer before this one have parameters?
         for i, layer in enumerate(self.layers):
-            layer.need_dx = self.need_dx or i > 0
+            # the input's gradient is needed only where something before it learns (the first
+            # convolution of a network needs none: no col2im, no GEMM for it)
+            layer.need_dx = self.need_dx or trained_before
             shape = layer.build(shape, f"{prefix}{i}.")
+            trained_before = trained_before or bool(layer.specs())
         self.out_shape = shape
         return shape
 
