@@ -11,3 +11,15 @@ from .sync import ASP, BSP, HOGWILD, SBP, SSP, Hogwild, Policy
 __all__ = ["paramserv", "Result", "WorkerError", "graph_safe", "Policy", "BSP", "ASP", "SSP", "SBP", "Hogwild",
            "HOGWILD"]
 __version__ = "0.1.0"
+
+_SUBMODULES = ("datasets", "models", "nn", "bench", "checkpoint", "options", "ray_backend")
+
+
+def __getattr__(name: str):
+    """``gpups.datasets``, ``gpups.nn``, ... without importing them first (imported on first use:
+    ``ray_backend`` needs Ray, ``bench`` matplotlib for its plots)."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'gpups' has no attribute {name!r}")

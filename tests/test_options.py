@@ -109,3 +109,14 @@ def test_policy_traits_and_registry():
     assert sync.Hogwild.unlocked and not sync.ASP.unlocked and not sync.ASP.retry_same_args
     assert sync.SBP(1).history([type("W", (), {"dropped": 4})()]) == {"dropped": [4]}
     assert repr(sync.SSP(3)) == "SSP(staleness=3)" and sync.SSP(3) == sync.SSP(3) != sync.SSP(2)
+
+
+def test_submodules_are_reachable_from_the_package():
+    import subprocess
+    import sys
+
+    code = "import gpups; gpups.datasets.synthetic; gpups.nn.Sequential; gpups.models.MLP; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        gpups.nothing  # noqa: B018
