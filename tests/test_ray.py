@@ -24,10 +24,13 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="session")
 def ray_session():
+    from gpups.ray_backend.cluster import loopback_only
+
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning",
-                 _node_ip_address="127.0.0.1")
+        with loopback_only(ray):  # (the tests' traffic stays on loopback)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning",
+                     _node_ip_address="127.0.0.1")
     yield ray
     if started:
         ray.shutdown()
@@ -329,6 +332,36 @@ def test_embedded_ray_starts_and_stops_its_own_instance(tmp_path):
     time.sleep(1.0)
     leftover = [pid for pid in _pids("ray::") + _pids("/") if _parent_is(pid, int(line.split()[-1]))]
     assert not leftover
+
+
+def test_the_embedded_instance_listens_on_loopback_only():
+    """Every listening socket of the instance paramserv starts (GCS, raylet, its agents, the actors'
+    workers) is on 127.0.0.0/8. (In a subprocess: this process holds the session's Ray.)"""
+    code = textwrap.dedent("""
+        import ipaddress, os, ray
+        from gpups.ray_backend.cluster import Cluster, listening_addresses
+        c = Cluster(None)
+        @ray.remote
+        class A:
+            def pid(self):
+                return os.getpid()
+        ray.get(A.remote().pid.remote())
+        found = listening_addresses(os.getpid())
+        c.close()
+        print("FOUND", len(found), sorted({a for a, _, _ in found}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("FOUND")]
+    assert line, proc.stderr[-3000:]
+    import ast
+    import ipaddress
+
+    count, addrs = int(line[0].split()[1]), ast.literal_eval(line[0].split(" ", 2)[2])
+    assert count >= 3  # GCS, raylet, ... really were found
+    for a in addrs:
+        ip = ipaddress.ip_address(a)
+        mapped = getattr(ip, "ipv4_mapped", None)
+        assert ip.is_loopback or (mapped is not None and mapped.is_loopback), f"{a} is not loopback"
 
 
 def _parent_is(pid, parent):

@@ -8,6 +8,7 @@ cluster joined by address is left running.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -18,7 +19,7 @@ import sys
 import sysconfig
 import tempfile
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 
 def import_ray() -> Any:
@@ -44,9 +45,9 @@ class Cluster:
             return
         if address is None:
             warn_small_shm()
-            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                     _node_ip_address="127.0.0.1",
-                     logging_level="warning", log_to_driver=True)
+            with loopback_only(ray):
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                         _node_ip_address="127.0.0.1", logging_level="warning", log_to_driver=True)
         else:
             if address != "auto":
                 probe(address)  # Ray itself retries an address where nothing listens for minutes
@@ -61,6 +62,85 @@ class Cluster:
     def node_resources(self, name: str) -> list[float]:
         """``name`` (CPU, GPU) on each live node."""
         return [float(n["Resources"].get(name, 0.0)) for n in self.ray.nodes() if n.get("Alive")]
+
+
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_only(ray: Any) -> Iterator[None]:
+    """While a local Ray instance starts: keep it on 127.0.0.1. Ray 2.60 rewrites a loopback node
+    address to the host's own (``services.get_node_ip_address``), so GCS, raylet and actors would
+    listen on every interface; with its cluster switch off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``,
+    the setting Ray uses on laptops) they bind loopback only. The variable is set for the
+    processes the start spawns (they inherit it) and the driver's copy of the switch is turned
+    off; the caller's environment is put back after the start."""
+    from ray._private import ray_constants
+
+    old_env, old_flag = os.environ.get(LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if old_env is None:
+            os.environ.pop(LOOPBACK_SWITCH, None)
+        else:
+            os.environ[LOOPBACK_SWITCH] = old_env
+        if not ray.is_initialized():
+            ray_constants.ENABLE_RAY_CLUSTER = old_flag
+
+
+def listening_addresses(root_pid: int) -> list[tuple[str, int, int]]:
+    """(address, port, pid) of every TCP socket in LISTEN state held by ``root_pid`` or a process
+    below it (Linux: /proc)."""
+    import ipaddress
+
+    pids = descendants(root_pid) | {root_pid}
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    found = []
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            hexaddr, hexport = cols[1].split(":")
+            raw = bytes.fromhex(hexaddr)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # little-endian words
+            addr = str(ipaddress.ip_address(raw[:width]))
+            found.append((addr, int(hexport, 16), inodes[cols[9]]))
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
 
 
 def ship_by_value(ray: Any) -> list[Any]:
