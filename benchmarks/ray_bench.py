@@ -74,18 +74,50 @@ def parts(ray, n):
     return out
 
 
+CALLS = r"""
+import json, time, numpy as np, gpups
+from gpups.models import SoftmaxRegression
+rng = np.random.default_rng(0)
+X = rng.standard_normal((400, 8)); y = (X[:, 0] > 0).astype(np.int64)
+net = SoftmaxRegression(8, 2)
+def call(backend):
+    t = time.perf_counter()
+    gpups.paramserv(net.init(0), X, y, upd=net.gradients, k=2, batchsize=20, epochs=2, backend=backend,
+                    progress=False, device="cpu")
+    return time.perf_counter() - t
+local = min(call("local") for _ in range(3))
+first, second, third = call("ray"), call("ray"), call("ray")
+t = time.perf_counter(); gpups.ray_shutdown(); stop = time.perf_counter() - t
+print(json.dumps({"local_call_s": local, "first_ray_call_s": first, "second_ray_call_s": second,
+                  "third_ray_call_s": third, "shutdown_s": stop}))
+"""
+
+
+def call_overheads():
+    """Wall time of a tiny paramserv call on Ray: the first starts the embedded instance, the next
+    ones find it warm (in a fresh process, as a user's script would be)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", CALLS], capture_output=True, text=True, timeout=600)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["warm_call_overhead_s"] = min(r["second_ray_call_s"], r["third_ray_call_s"]) - r["local_call_s"]
+    return r
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "ray.json"))
     ap.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     args = ap.parse_args(argv)
+    calls = call_overheads()
+    print("calls", json.dumps(calls), flush=True)
     import ray
 
     t = time.perf_counter()
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
              logging_level="warning")
     R = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-                    f"ray {ray.__version__}", "ray_start_s": time.perf_counter() - t}
+                    f"ray {ray.__version__}", "ray_start_s": time.perf_counter() - t, "calls": calls}
     for name, layers in SIZES.items():
         big = name == "10M"
         rt_rounds = (20 if big else 200) // (4 if args.quick else 1)
@@ -109,6 +141,10 @@ def main(argv=None):
     with open(args.json, "w") as f:
         json.dump(R, f, indent=2)
     print(f"\n{R['machine']}; Ray start {R['ray_start_s']:.1f} s, stop {R['ray_stop_s']:.1f} s")
+    c = R["calls"]
+    print(f"a tiny paramserv call: local {c['local_call_s']:.3f} s; Ray first {c['first_ray_call_s']:.2f} s (starts "
+          f"Ray), then {c['second_ray_call_s']:.2f} s and {c['third_ray_call_s']:.2f} s (warm): "
+          f"{c['warm_call_overhead_s']:.2f} s over local")
     print(f"{'model':>6} {'params':>10} | {'round trip local':>16} {'ray':>9} | {'samples/s local':>15} "
           f"{'ray':>9} {'ray/local':>9}")
     for name in SIZES:

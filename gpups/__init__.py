@@ -9,8 +9,16 @@ from .paramserv import Result, paramserv
 from .sync import ASP, BSP, HOGWILD, SBP, SSP, Hogwild, Policy
 
 __all__ = ["paramserv", "Result", "WorkerError", "graph_safe", "Policy", "BSP", "ASP", "SSP", "SBP", "Hogwild",
-           "HOGWILD"]
+           "HOGWILD", "ray_shutdown"]
 __version__ = "0.1.0"
+
+
+def ray_shutdown() -> None:
+    """Stop the local Ray instance that ``backend="ray"`` started and kept for later calls (it is
+    stopped at interpreter exit anyway); a Ray you started or joined is not touched."""
+    from .ray_backend.cluster import shutdown
+
+    shutdown()
 
 _SUBMODULES = ("datasets", "models", "nn", "bench", "checkpoint", "options", "ray_backend")
 

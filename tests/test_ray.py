@@ -311,27 +311,36 @@ def test_an_address_where_nothing_listens_is_named_quickly():
 
 
 # -- the embedded default, options ---------------------------------------------------------
-def test_embedded_ray_starts_and_stops_its_own_instance(tmp_path):
-    """No address, no Ray running: paramserv starts a local Ray and shuts it down after, leaving
-    no process of it behind (in a subprocess: the session's Ray is not touched)."""
+def test_embedded_ray_is_kept_for_the_next_call_and_cleaned_up(tmp_path):
+    """No address, no Ray running: paramserv starts a local Ray, keeps it for the next call (the
+    same session), stops it on gpups.ray_shutdown() or at exit, removes its session folder and
+    leaves no process behind (in subprocesses: the session's Ray is not touched)."""
     code = textwrap.dedent("""
-        import os, numpy as np, ray, gpups
+        import os, sys, numpy as np, ray, gpups
         from gpups.models import SoftmaxRegression
         rng = np.random.default_rng(0)
         X = rng.standard_normal((200, 4)); y = (X[:, 0] > 0).astype(np.int64)
         net = SoftmaxRegression(4, 2)
-        res = gpups.paramserv(net.init(0), X, y, upd=net.gradients, k=2, batchsize=20, epochs=2,
-                              backend="ray", progress=False, device="cpu")
-        assert not ray.is_initialized()
-        print("OK", res.device, os.getpid())
+        kw = dict(upd=net.gradients, k=2, batchsize=20, epochs=2, backend="ray", progress=False, device="cpu")
+        res = gpups.paramserv(net.init(0), X, y, **kw)
+        session = ray._private.worker._global_node.get_session_dir_path()
+        gpups.paramserv(net.init(1), X, y, **kw)
+        same = ray.is_initialized() and ray._private.worker._global_node.get_session_dir_path() == session
+        if sys.argv[1] == "explicit":
+            gpups.ray_shutdown()
+            assert not ray.is_initialized() and not os.path.exists(session)
+        print("OK", res.device, same, session, os.getpid())
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("OK")][0]
-    assert "ray (1 node(s)" in line
-    time.sleep(1.0)
-    leftover = [pid for pid in _pids("ray::") + _pids("/") if _parent_is(pid, int(line.split()[-1]))]
-    assert not leftover
+    for how in ("explicit", "at-exit"):
+        proc = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("OK")][0]
+        assert "ray (1 node(s)" in line and line.split()[-3] == "True", line
+        session, pid = line.split()[-2], int(line.split()[-1])
+        time.sleep(1.0)
+        assert not os.path.exists(session), f"{how}: the session folder {session} was left behind"
+        leftover = [p for p in _pids("ray::") + _pids("/") if _parent_is(p, pid)]
+        assert not leftover, how
 
 
 def test_the_embedded_instance_listens_on_loopback_only():

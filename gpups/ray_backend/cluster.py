@@ -8,6 +8,7 @@ cluster joined by address is left running.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import os
@@ -32,8 +33,10 @@ def import_ray() -> Any:
 
 class Cluster:
     """A Ray connection for one run. :meth:`close` undoes only what :meth:`__init__` did: it
-    stops the instance it started, or disconnects from the cluster it joined (which goes on
-    running); a Ray the caller had initialised is left alone."""
+    disconnects from a cluster it joined (which goes on running); a Ray the caller had
+    initialised is left alone. The local instance gpups starts itself stays up for the next
+    call in this process (starting one costs seconds) and goes at interpreter exit or with
+    :func:`shutdown`, its session folder removed."""
 
     def __init__(self, address: str | None):
         self.ray = ray = import_ray()
@@ -42,16 +45,20 @@ class Cluster:
             if address is not None:
                 warnings.warn(f"gpups: ray_address={address!r} ignored: this process is already connected "
                               "to Ray, and that connection is used", RuntimeWarning, stacklevel=3)
-            return
+            return  # the caller's Ray, or the embedded instance of an earlier call
         if address is None:
             warn_small_shm()
             with loopback_only(ray):
                 ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                          _node_ip_address="127.0.0.1", logging_level="warning", log_to_driver=True)
-        else:
-            if address != "auto":
-                probe(address)  # Ray itself retries an address where nothing listens for minutes
-            ray.init(address=address, logging_level="warning")
+            _EMBEDDED["session"] = ray._private.worker._global_node.get_session_dir_path()
+            if not _EMBEDDED.get("atexit"):
+                atexit.register(shutdown)
+                _EMBEDDED["atexit"] = True
+            return
+        if address != "auto":
+            probe(address)  # Ray itself retries an address where nothing listens for minutes
+        ray.init(address=address, logging_level="warning")
         self.connected = True
 
     def close(self) -> None:
@@ -62,6 +69,25 @@ class Cluster:
     def node_resources(self, name: str) -> list[float]:
         """``name`` (CPU, GPU) on each live node."""
         return [float(n["Resources"].get(name, 0.0)) for n in self.ray.nodes() if n.get("Alive")]
+
+
+_EMBEDDED: dict[str, Any] = {}  # the local instance gpups started: its session folder
+
+
+def shutdown() -> None:
+    """Stop the local Ray instance gpups started (if it is up) and remove its session folder;
+    a Ray the caller started, or a joined cluster, is not touched. Also run at interpreter exit."""
+    session = _EMBEDDED.pop("session", None)
+    if session is None:
+        return
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    shutil.rmtree(session, ignore_errors=True)
+    latest = os.path.join(os.path.dirname(session), "session_latest")
+    if os.path.islink(latest) and os.path.realpath(latest) == os.path.realpath(session):
+        os.unlink(latest)
 
 
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
