@@ -34,6 +34,8 @@ CLASSES = [  # (class, why it cannot change a CPU run's result, pattern over the
      r"|cli\.pop\(|why = "),
     ("import time", "evaluated when the module is imported, before mutmut switches a mutant on",
      r"describe|def option|_choice|_int\(|values=|cli=|doc="),
+    ("signature default", "a keyword default in a signature, which every caller in the CPU suite passes itself",
+     r"\w+: [\w\[\]., |]+ = [^,()\s]+[,)]"),
     ("int64 default", "numpy's default integer is int64 on this platform",
      r"np\.int64\)|dtype=None|asarray\(p, (None)?\)"),
 ]

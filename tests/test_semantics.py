@@ -163,3 +163,44 @@ def test_ssp_clocks_start_at_zero_each_epoch():
         assert sorted(j for j, _, _ in starts) == [0, 1, 2] and all(s == 0 for _, _, s in starts)
         for j in range(3):  # each worker's clocks count 0, 1, 2, 3 within the epoch
             assert [c for w, c, _ in epoch if w == j] == [0, 1, 2, 3]
+
+
+def test_ssp_waits_for_a_slow_worker_still_running_its_last_interval():
+    """SSP(0), 241 rows over k=4 with batch 30: worker 0 has 3 batches, the others 2 (and are
+    slow). A worker running its last interval still counts for the bound: worker 0 may start its
+    third batch only once every other worker's second batch has come back."""
+    import threading
+    import time
+
+    X, y = problem(241)
+    net = small_net()
+    owner = {tuple(X[i]): (0 if i < 61 else 1 + (i - 61) // 60) for i in range(241)}
+    log, lock = [], threading.Lock()
+
+    def upd(p, xb, yb, hp):
+        j = owner[tuple(xb[0])]
+        with lock:
+            log.append(("start", j))
+        if j:
+            time.sleep(0.03)
+        out = net.gradients(p, xb, yb, hp)
+        with lock:
+            log.append(("end", j))
+        return out
+
+    gpups.paramserv(net.init(0, dtype=np.float64), X, y, upd=upd, utype="SSP", staleness=0, k=4, batchsize=30,
+                    device="cpu", progress=False)
+    log = log[1:]  # (the dry run)
+    third_start_of_0 = [i for i, e in enumerate(log) if e == ("start", 0)][2]
+    last_ends = [[i for i, e in enumerate(log) if e == ("end", j)][1] for j in (1, 2, 3)]
+    assert third_start_of_0 > max(last_ends), log
+
+
+def test_sbp_without_backups_equals_bsp_with_unequal_batch_counts():
+    """The last rounds have fewer workers with work (3, 2, 2, 2 batches): SBP(0) still closes each
+    round on the pushes that can come, as BSP does."""
+    X, y = problem(241)
+    bsp = train(X, y, utype="BSP", k=4, batchsize=30, epochs=2, agg="momentum", hyperparams={"lr": 0.05})
+    sbp = train(X, y, utype=gpups.SBP(backup=0), k=4, batchsize=30, epochs=2, agg="momentum",
+                hyperparams={"lr": 0.05})
+    close(sbp, bsp, 0)
