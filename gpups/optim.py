@@ -200,12 +200,16 @@ class UserRule:
                              "(return the state too, {} if the rule keeps none)")
         new_params, new_state = res
         check_like(new_params, params, "agg", "params")
+        xp = _xp(w)
         for n in names:
             if new_params[n] is not params[n]:
                 params[n][...] = new_params[n]
-            if not bool(_xp(w).isfinite(params[n]).all()):
-                raise ValueError(f"agg returned non-finite params[{n!r}] (NaN or Inf) at update {step}: the "
-                                 "update rule diverged or divided by zero (every push it was given was finite)")
+        bad_params = [n for n in names if not bool(xp.isfinite(params[n]).all())]
+        # (a worker's local step may feed agg a NaN gradient: its push is flagged and skipped, and
+        # the worker's state restored; only NaN made by agg from finite gradients is agg's)
+        if bad_params and bool(xp.isfinite(g).all()):
+            raise ValueError(f"agg returned non-finite params[{bad_params[0]!r}] (NaN or Inf) at update {step}: the "
+                             "update rule diverged or divided by zero (every push it was given was finite)")
         state["user"] = new_state
         self._kept[caller] = new_state  # alive while this caller's stream may still read it
 

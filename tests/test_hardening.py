@@ -187,21 +187,40 @@ def nan_once(batch_x):
     return upd
 
 
+def user_momentum(p, g, state, hp):
+    v = {n: 0.9 * state[n] + g[n] for n in p} if state else {n: g[n].copy() for n in g}
+    return {n: p[n] - 0.01 * v[n] for n in p}, v
+
+
 @pytest.mark.parametrize("utype", ["BSP", "ASP"])
-@pytest.mark.parametrize("push,freq,agg", [("model", "BATCH", "momentum"), ("gradients", "NBATCHES", "adam"),
-                                           ("model", "EPOCH", "adagrad")])
-def test_a_skipped_push_does_not_poison_the_worker(utype, push, freq, agg):
+@pytest.mark.parametrize("push,freq,agg,nb", [("model", "BATCH", "momentum", 1), ("gradients", "NBATCHES", "adam", 3),
+                                              ("gradients", "NBATCHES", "momentum", 2),
+                                              ("model", "EPOCH", "adagrad", 1), ("model", "BATCH", user_momentum, 1)])
+def test_a_skipped_push_does_not_poison_the_worker(utype, push, freq, agg, nb):
     """Worker 1's 4th batch is NaN once: exactly one push of it is skipped in the whole run
-    (its local optimizer state is restored, its replica re-pulled)."""
+    (its local optimizer state is restored, a user agg's too; its replica re-pulled)."""
     res = run(upd=nan_once(X[100 + 16 * 3]), push=push, freq=freq, agg=agg, utype=utype, nonfinite="skip",
-              epochs=3, nbatches=3 if freq == "NBATCHES" else 1, hyperparams={"lr": 0.01})
+              epochs=3, nbatches=nb, hyperparams={"lr": 0.01})
     assert [h.get("skipped") for h in res.history] == [[0, 1], None, None]
     assert all(np.isfinite(v).all() for v in res.model.values())
 
 
-def test_a_nan_inside_an_interval_names_its_batch():
-    with pytest.raises(gpups.WorkerError, match=r"worker 1 failed: its gradient held NaN or Inf in epoch 1, batch 4 "):
-        run(upd=nan_once(X[100 + 16 * 3]), freq="NBATCHES", nbatches=3)
+@pytest.mark.parametrize("nb,batch", [(3, 4), (2, 3)])  # the first batch of an interval
+def test_a_nan_inside_an_interval_names_its_batch(nb, batch):
+    with pytest.raises(gpups.WorkerError, match=rf"worker 1 failed: its gradient held NaN or Inf in epoch 1, "
+                                                rf"batch {batch} "):
+        run(upd=nan_once(X[100 + 16 * (batch - 1)]), freq="NBATCHES", nbatches=nb)
+
+
+def test_an_upd_may_write_some_gradients_into_out_and_return_others():
+    def mixed(p, x, yy, hp, out=None):
+        g, loss = NET.gradients(p, x, yy, hp)
+        out["W1"][...] = g["W1"]
+        return {**g, "W1": out["W1"]}, loss  # W1 written in place, the others new arrays
+
+    a = run(upd=mixed, epochs=2)
+    b = run(epochs=2)
+    assert_models_close(a.model, b.model, rtol=0, atol=0)
 
 
 # -- 6. a user's agg keeps its state across a resume -------------------------------------------
