@@ -8,6 +8,7 @@ import gpups
 from gpups.kernels import cpu_nn
 from gpups.models import MLP, LeNet, LinearRegression, SoftmaxRegression
 from gpups.models.ops import ArrayOps, NumbaOps
+from helpers import finite_differences
 
 RNG = np.random.default_rng(0)
 
@@ -38,19 +39,9 @@ def test_gradients_equal_finite_differences(name, reg):
     hp = {"reg": reg}
     grads, loss = net.gradients(params, x, y, hp)
     assert abs(float(loss) - net.loss(params, x, y, hp)) < 1e-12
-    eps = 1e-6
-    for pname, p in params.items():
-        num = np.zeros_like(p)
-        flat, nflat = p.reshape(-1), num.reshape(-1)
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + eps
-            up = net.loss(params, x, y, hp)
-            flat[i] = old - eps
-            down = net.loss(params, x, y, hp)
-            flat[i] = old
-            nflat[i] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(grads[pname], num, rtol=1e-5, atol=1e-7, err_msg=f"{name}: {pname}")
+    num = finite_differences(lambda: net.loss(params, x, y, hp), params)
+    for pname in params:
+        np.testing.assert_allclose(grads[pname], num[pname], rtol=1e-5, atol=1e-7, err_msg=f"{name}: {pname}")
 
 
 @pytest.mark.parametrize("name", MODELS)

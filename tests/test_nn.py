@@ -7,7 +7,7 @@ import pytest
 import gpups
 from gpups import nn
 from gpups.models import MLP, LeNet, SoftmaxRegression
-from helpers import assert_models_close
+from helpers import assert_models_close, finite_differences
 
 RNG = np.random.default_rng(0)
 
@@ -21,19 +21,9 @@ def fd_check(net, x, y, hp=None, step=0, tol=1e-5):
     net.workspace(np, x.shape[0], np.float64)["_step"] = step
     grads, loss = net.gradients(params, x, y, hp)
     assert abs(float(loss) - net.training_loss(params, x, y, hp, step=step)) < 1e-12
-    eps = 1e-6
-    for name, p in params.items():
-        num = np.zeros_like(p)
-        flat, nflat = p.reshape(-1), num.reshape(-1)
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + eps
-            up = net.training_loss(params, x, y, hp, step=step)
-            flat[i] = old - eps
-            down = net.training_loss(params, x, y, hp, step=step)
-            flat[i] = old
-            nflat[i] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(grads[name], num, rtol=tol, atol=1e-7, err_msg=name)
+    num = finite_differences(lambda: net.training_loss(params, x, y, hp, step=step), params)
+    for name in params:
+        np.testing.assert_allclose(grads[name], num[name], rtol=tol, atol=1e-7, err_msg=name)
 
 
 def classes(n, c=3):

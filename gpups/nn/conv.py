@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .layers import Layer, Shape, Spec, _act
+from .layers import Layer, Shape, Spec, Weighted, _act
 
 
 class ChannelsLast(Layer):
@@ -49,7 +49,7 @@ class ChannelsLast(Layer):
         return dx.reshape(x.shape)
 
 
-class Conv2D(Layer):
+class Conv2D(Weighted):
     """``filters`` kernels of ``kernel`` x ``kernel`` over (H, W, C) inputs, ``stride``,
     ``padding`` ("same" for odd kernels at stride 1, or a number of zero rows/columns), then the
     activation. Parameters: ``W`` (k, k, C, filters), ``b`` (filters,)."""
@@ -71,14 +71,6 @@ class Conv2D(Layer):
         self.activation, self.act, self.names = activation, _act(activation), names
         if self.stride != 1:
             self.graph_safe = False
-
-    @property
-    def w(self) -> str:
-        return self.names[0] if self.names else self.n("W")
-
-    @property
-    def b(self) -> str:
-        return self.names[1] if self.names else self.n("b")
 
     def output(self, in_shape: Shape) -> Shape:
         if len(in_shape) != 3:

@@ -75,6 +75,20 @@ class Layer:
         return f"{type(self).__name__}()"
 
 
+class Weighted(Layer):
+    """A layer with a weight ``W`` and a bias ``b``, renamed by ``names`` (the built-ins' ``W1``)."""
+
+    names: tuple[str, str] | None = None
+
+    @property
+    def w(self) -> str:
+        return self.names[0] if self.names else self.n("W")
+
+    @property
+    def b(self) -> str:
+        return self.names[1] if self.names else self.n("b")
+
+
 def _act(activation: str | None) -> int:
     if activation is None:
         return IDENTITY
@@ -88,7 +102,7 @@ def _rows(a: Any) -> Any:
     return a.reshape(a.shape[0], -1)
 
 
-class Dense(Layer):
+class Dense(Weighted):
     """``x @ W + b`` then the activation (``relu``, ``tanh``, ``sigmoid`` or None), fused: one
     GEMM and one bias+activation pass forward, one activation-backward+bias-gradient pass and
     two GEMMs back. ``names`` renames the parameters (the built-in MLP's ``W1``, ``b1``)."""
@@ -105,14 +119,6 @@ class Dense(Layer):
 
     def output(self, in_shape: Shape) -> Shape:
         return (self.units,)
-
-    @property
-    def w(self) -> str:
-        return self.names[0] if self.names else self.n("W")
-
-    @property
-    def b(self) -> str:
-        return self.names[1] if self.names else self.n("b")
 
     def specs(self) -> dict[str, Spec]:
         d = int(np.prod(self.in_shape))
