@@ -85,6 +85,10 @@ class LocalBackend:
     def run_epoch(epoch: Callable[[], None], restore: Callable[[], Any]) -> None:
         epoch()
 
+    @staticmethod
+    def faults() -> dict[str, Any]:
+        return {}  # (a local failure stops the run)
+
     def skipped(self) -> list[int]:
         return [int(v) for v in self.server.flags()[1]]
 

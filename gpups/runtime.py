@@ -116,6 +116,7 @@ class Run:
         metrics = self.validate()
         skipped = [a - b for a, b in zip(self.backend.skipped(), skipped_before)]
         rec = epoch_record(epoch, seconds, self.workers, metrics, self.policy.history(self.workers), skipped)
+        rec.update(self.backend.faults())  # (Ray: actors restarted, time lost to recovery)
         if self.device.timed_kernels:
             rec["server_seconds"] = self.server.update_seconds - server_before
         self.history.append(rec)

@@ -166,6 +166,8 @@ def test_killed_worker_is_restarted(ray_session, blobs, tmp_path, utype):
     res = run(ray_session, params, X, y, "ray", upd=KillOnce(net, str(marker), 7), **kw)
     assert (tmp_path / "kill.taken").exists(), "no worker was killed"
     assert len(res.history) == 3 and all(np.isfinite(v).all() for v in res.model.values())
+    if utype in ("ASP", "SSP"):  # resubmitted by the driver: counted (BSP/HOGWILD: retried by Ray, unseen)
+        assert sum(h.get("resubmitted", 0) for h in res.history) >= 1
     before = net.evaluate(params, X, y)["accuracy"]
     assert net.evaluate(res.model, X, y)["accuracy"] > max(0.85, before)
     if utype == "BSP":  # retried on the restarted actor with the same round's parameters
@@ -238,6 +240,8 @@ def test_killed_server_shard_restores_from_checkpoint(ray_session, tmp_path, liv
     t.join()
     assert killed and killed[0][1] < 4, "the shard was not killed mid-run"
     assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
+    redone = [h for h in res.history if h.get("restarts")]
+    assert len(redone) == 1 and redone[0]["restarts"] == 1 and redone[0]["recovery_seconds"] > 0
     assert net.evaluate(res.model, X, y)["accuracy"] > 0.9
 
 

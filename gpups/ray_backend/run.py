@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -255,6 +256,7 @@ class RayBackend:
         self.server.current = self.data_refs[:len(cuts)]
         self.workers = [RemoteWorker(j, a, len(rows), opts.batchsize) for j, (a, rows) in enumerate(zip(actors, parts))]
         self.in_flight: collections.deque = collections.deque()
+        self.recovered = {"restarts": 0, "resubmitted": 0, "recovery_seconds": 0.0}  # since the last record
 
     # -- what the run asks ---------------------------------------------------------------------
     def start(self, j: int, nsteps: int, epoch: int, pulled: list | None) -> RayEvent:
@@ -270,6 +272,7 @@ class RayBackend:
             self.server.pending[j] = (refs[0], refs[1:])
 
         def resubmit() -> None:  # the actor died mid-call: its restart starts from the current model
+            self.recovered["resubmitted"] += 1
             w.pulled = self.server.version
             log(f"gpups: worker {j} died; Ray restarts it, resuming from the server's current model")
             submit(list(self.server.current))
@@ -299,12 +302,15 @@ class RayBackend:
     def run_epoch(self, epoch: Callable[[], None], restore: Callable[[], int | None]) -> None:
         """An epoch; if a server shard died in it, back to the newest checkpoint and again."""
         for attempt in range(RESTARTS + 1):
+            t0 = time.perf_counter()
             try:
                 return epoch()
             except StreamError as err:
                 if not err.stream_name.startswith("server shard") or attempt == RESTARTS:
                     raise
                 done = restore()
+                self.recovered["restarts"] += 1
+                self.recovered["recovery_seconds"] += time.perf_counter() - t0  # the lost attempt and the restore
                 if done is None:
                     raise WorkerError(err.stream_name, f"{type(err.exc).__name__}: {err.exc} (with checkpoint= "
                                       "a restarted shard restores the newest checkpoint and the run goes on)"
@@ -347,6 +353,15 @@ class RayBackend:
 
     def skipped(self) -> list[int]:
         return [int(v) for v in self.server.bad[1]]
+
+    def faults(self) -> dict[str, Any]:
+        """Since the last epoch record: ``restarts`` (a shard died: the run went back to the newest
+        checkpoint), ``recovery_seconds`` (the lost attempts and the restores) and
+        ``resubmitted`` (calls of an arrival policy's worker sent again after it died; a BSP or
+        HOGWILD worker's call is retried by Ray itself, unseen by the driver)."""
+        out = {k: v for k, v in self.recovered.items() if v}
+        self.recovered = {"restarts": 0, "resubmitted": 0, "recovery_seconds": 0.0}
+        return out
 
     def worker_states(self) -> list[dict[str, Any]]:
         return [self.server.event(w.actor.local_state.remote(), f"worker {w.j}").synchronize() for w in self.workers]
