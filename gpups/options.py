@@ -33,10 +33,12 @@ EVALUATE = "evaluate(params, features, labels) -> dict of metrics"
 
 
 def option(default: Any, doc: str, check: Callable[[Any, Any], Any] | None = None, *, match: bool = False,
-           cli: dict[str, Any] | None = None, values: str = "") -> Any:
-    """A field of :class:`Options`: ``check(value, ctx)`` returns the value to keep; ``values``
-    is how README's table lists what is allowed (default first)."""
-    meta = {"doc": doc, "check": check, "match": match, "cli": cli, "values": values}
+           elastic: bool = False, cli: dict[str, Any] | None = None, values: str = "") -> Any:
+    """A field of :class:`Options`: ``check(value, ctx)`` returns the value to keep; ``match``:
+    recorded in a checkpoint's fingerprint, and a resume must match it unless it is ``elastic``
+    (then the resume re-cuts the state and the history records the change); ``values`` is how
+    README's table lists what is allowed (default first)."""
+    meta = {"doc": doc, "check": check, "match": match or elastic, "elastic": elastic, "cli": cli, "values": values}
     return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
 
 
@@ -175,30 +177,30 @@ class Options:
         "for `lr=`), a warning says so. Values may be Python or numpy numbers", _hyperparams, values="dict")
     freq: str = option("BATCH", "a worker pushes after every batch, every `nbatches` batches, or once per pass "
                        "over its partition; between pushes it updates its own replica with the same optimizer",
-                       _choice("freq", FREQS), match=True, cli={"help": "BATCH, NBATCHES or EPOCH"}, values="`BATCH`, `NBATCHES`, `EPOCH`")
-    nbatches: int = option(1, "batches per push with `freq='NBATCHES'`", _nbatches, match=True, cli={"type": int},
+                       _choice("freq", FREQS), elastic=True, cli={"help": "BATCH, NBATCHES or EPOCH"}, values="`BATCH`, `NBATCHES`, `EPOCH`")
+    nbatches: int = option(1, "batches per push with `freq='NBATCHES'`", _nbatches, elastic=True, cli={"type": int},
                            values="int >= 1")
     push: str = option("gradients", "push the sum of the interval's gradients, or the replica's change since its "
                        "pull (model averaging: BSP/SBP set the model to the workers' mean; async modes add each "
                        "change divided by k)", _choice("push", PUSHES), match=True, cli={"help": "gradients, or model (model averaging)"},
                        values="`gradients`, `model`")
-    k: int = option(1, "workers", _k, match=True, cli={"type": int, "default": 2}, values="int >= 1")
+    k: int = option(1, "workers", _k, elastic=True, cli={"type": int, "default": 2}, values="int >= 1")
     staleness: int = option(0, "SSP's bound s (or `utype=gpups.SSP(staleness=s)`)", None, cli={"type": int},
                             values="int >= 0")
     backup_workers: int = option(0, "SBP's b, 0 <= b < k (or `utype=gpups.SBP(backup=b)`)", None,
                                  cli={"type": int}, values="int >= 0")
-    utype: Any = option("BSP", sync.describe().rstrip("."), _utype, match=True,
+    utype: Any = option("BSP", sync.describe().rstrip("."), _utype, elastic=True,
                         cli={"help": "sync mode: " + ", ".join(sync.NAMES)},
                         values=", ".join(f"`{n}`" for n in sync.NAMES) + ", or a policy object "
                                                                          "(`gpups.SSP(staleness=2)`)")
     epochs: int = option(1, "passes over the data", _int("epochs", 1), cli={"type": int, "default": 5},
                          values="int >= 1")
     batchsize: int = option(64, "rows per mini-batch, at most the smallest partition", _int("batchsize", 1),
-                            match=True, cli={"type": int}, values="int >= 1")
+                            elastic=True, cli={"type": int}, values="int >= 1")
     servers: int = option(1, "server shards: contiguous ranges of the flat parameter vector, each with its own "
-                          "stream and optimizer state", _servers, match=True, cli={"type": int}, values="int >= 1")
+                          "stream and optimizer state", _servers, elastic=True, cli={"type": int}, values="int >= 1")
     scheme: str = option("disjoint_contiguous", "how rows are dealt to workers (seeded)",
-                         _choice("scheme", SCHEMES), match=True, cli={},
+                         _choice("scheme", SCHEMES), elastic=True, cli={},
                          values="`disjoint_contiguous`, `disjoint_round_robin`, `disjoint_random`, "
                                 "`overlap_reshuffle`")
     val_features: Any = option(None, "validation rows, scored after every epoch", None, values="array or None")
@@ -262,8 +264,16 @@ def validate(model: Any, features: Any, labels: Any, **given: Any) -> Options:
     return Options(**values)
 
 
+def elastic_keys() -> set[str]:
+    """Fingerprint entries a resume may change: the elastic options, and the sync mode's
+    parameters (they go with ``utype``)."""
+    keys = {f.name for f in fields(Options) if f.metadata["elastic"]}
+    return keys | {"staleness", "backup"}
+
+
 def fingerprint(opts: Options) -> dict[str, Any]:
-    """What a resumed run must match (the options declared ``match=True``), as plain values."""
+    """What a checkpoint records of the options (those declared ``match`` or ``elastic``), as
+    plain values; a resume must match all but :func:`elastic_keys`."""
     out: dict[str, Any] = {}
     for f in fields(Options):
         if f.metadata["match"]:

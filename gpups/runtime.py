@@ -18,7 +18,7 @@ from . import checkpoint as ckpt
 from .errors import WorkerError
 from .flat import Layout
 from .history import Progress, epoch_record
-from .options import fingerprint
+from .options import elastic_keys, fingerprint
 from .seams import Backend
 from .streams import StreamError
 
@@ -35,6 +35,7 @@ class Run:
         self.progress: Progress | None = None
         # where a backend that can lose state mid-run goes back to when there is no checkpoint yet
         self.start_state = self.state_dict(0) if backend.restarts and opts.checkpoint else None
+        self.resumed: dict[str, Any] = {}  # what a resume changed (recorded in the next epoch's record)
 
     @property
     def server(self) -> Any:
@@ -117,6 +118,8 @@ class Run:
         skipped = [a - b for a, b in zip(self.backend.skipped(), skipped_before)]
         rec = epoch_record(epoch, seconds, self.workers, metrics, self.policy.history(self.workers), skipped)
         rec.update(self.backend.faults())  # (Ray: actors restarted, time lost to recovery)
+        if self.resumed:
+            rec["resumed_with"], self.resumed = self.resumed, {}
         if self.device.timed_kernels:
             rec["server_seconds"] = self.server.update_seconds - server_before
         self.history.append(rec)
@@ -160,9 +163,16 @@ class Run:
                 **fingerprint(self.opts)}
 
     def state_dict(self, epoch: int) -> dict[str, Any]:
-        return {"format": 1, "epoch": epoch, "fingerprint": self.fingerprint(),
+        return {"format": 1, "epoch": epoch, "fingerprint": self.fingerprint(), "cuts": self.cuts(),
                 "server": self.server.state_dict(), "history": self.history,
                 "workers": self.backend.worker_states()}
+
+    def cuts(self, servers: int | None = None) -> list[tuple[int, int]]:
+        """The shards' ranges of the flat parameters (for ``servers`` shards; default: this run's)."""
+        from .optim import make_rule
+
+        whole = make_rule(self.opts.agg, self.hp).whole_tensors
+        return self.layout.shards(self.opts.servers if servers is None else servers, whole_tensors=whole)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         want, got = self.fingerprint(), state["fingerprint"]
@@ -170,14 +180,51 @@ class Run:
         old = {"nbatches": 1, "staleness": 0, "backup": got.get("backup_workers", 0)}
         diff = {key: (got.get(key, old.get(key)), want[key]) for key in want
                 if got.get(key, old.get(key)) != want[key]}
-        if diff:
-            detail = ", ".join(f"{key}: checkpoint {a!r}, now {b!r}" for key, (a, b) in diff.items())
+        fixed = {key: d for key, d in diff.items() if key not in elastic_keys()}
+        if fixed:
+            detail = ", ".join(f"{key}: checkpoint {a!r}, now {b!r}" for key, (a, b) in fixed.items())
             raise ValueError(f"resume=True: the checkpoint in {self.opts.checkpoint!r} was written by a "
-                             f"different run ({detail}); use a fresh checkpoint folder or the same options")
-        self.server.load_state_dict(state["server"])
-        self.backend.load_worker_states(state["workers"])
+                             f"different run ({detail}); use a fresh checkpoint folder or the same options "
+                             f"(a resume may change {', '.join(sorted(elastic_keys()))})")
+        server = state["server"]
+        old_cuts = [tuple(c) for c in state.get("cuts") or self.cuts(int(got["servers"]))]
+        if old_cuts != [tuple(c) for c in self.cuts()] or len(server["bad"][0]) != self.opts.k:
+            server = reshard(server, old_cuts, self.cuts(), self.opts.k)
+        self.server.load_state_dict(server)
+        # worker j goes on with old worker j's local optimizer state; new workers start fresh
+        self.backend.load_worker_states(state["workers"][:self.opts.k])
+        self.resumed = {key: list(d) for key, d in diff.items()}
         self.history = list(state["history"])
         self.first_epoch = int(state["epoch"])
+
+
+def reshard(d: dict[str, Any], old_cuts: list, new_cuts: list, k: int) -> dict[str, Any]:
+    """A server state cut at ``old_cuts`` re-cut at ``new_cuts`` for ``k`` workers: parameters
+    and every element-wise optimizer slot are concatenated and sliced again (exactly: nothing is
+    recomputed); each shard's step count is the old shards' (they update together); the
+    per-worker non-finite flags start clear. A user agg's state is Python of its own making:
+    it cannot be re-cut."""
+    import numpy as np
+
+    out: dict[str, Any] = {"w": d["w"], "version": d["version"]}
+    bad = np.asarray(d["bad"])
+    out["bad"] = bad if bad.shape[1] == k else np.zeros((3, k), np.int64)
+    slots = sorted({key.split(".", 1)[1] for key in d if key.startswith("shard")} - {"step"})
+    if "user" in slots and [tuple(c) for c in old_cuts] != [tuple(c) for c in new_cuts]:
+        raise ValueError(f"resume=True with servers={len(new_cuts)}: the checkpoint's user agg state was kept by "
+                         f"{len(old_cuts)} shard(s) and cannot be re-cut; resume with servers={len(old_cuts)}")
+    steps = [int(d[f"shard{i}.step"]) for i in range(len(old_cuts))]
+    for slot in slots:
+        if slot == "user":
+            for i in range(len(old_cuts)):
+                out[f"shard{i}.user"] = d[f"shard{i}.user"]
+            continue
+        full = np.concatenate([np.asarray(d[f"shard{i}.{slot}"]) for i in range(len(old_cuts))])
+        for s, (lo, hi) in enumerate(new_cuts):
+            out[f"shard{s}.{slot}"] = full[lo:hi]
+    for s in range(len(new_cuts)):
+        out[f"shard{s}.step"] = max(steps)
+    return out
 
 
 def check_metrics(out: Any) -> dict[str, Any]:

@@ -289,7 +289,7 @@ def test_a_failed_resume_stops_its_worker_threads(tmp_path):
     before = len(gpups_threads())
     for _ in range(3):
         with pytest.raises(ValueError, match="different run"):
-            run(epochs=2, checkpoint=str(tmp_path), k=3, resume=True, batchsize=8)
+            run(epochs=2, checkpoint=str(tmp_path), k=3, resume=True, seed=5)
     (tmp_path / "epoch-00001.ckpt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="holds no readable checkpoint"), pytest.warns(RuntimeWarning):
         run(epochs=2, checkpoint=str(tmp_path), k=3, resume=True)
@@ -328,16 +328,27 @@ def test_a_stale_temporary_file_is_removed_at_the_next_save(tmp_path):
     assert [os.path.basename(p) for p in ckpt.checkpoints(str(tmp_path))] == ["epoch-00001.ckpt"]
 
 
-# -- 12. what a resume must match, and resuming past the end --------------------------------------
+# -- 12. what a resume must match, what it may change, and resuming past the end -------------------
 @pytest.mark.parametrize("first,then,key", [
-    (dict(freq="NBATCHES", nbatches=2), dict(freq="NBATCHES", nbatches=3), "nbatches: checkpoint 2, now 3"),
-    (dict(utype="SSP", staleness=1), dict(utype="SSP", staleness=2), "staleness: checkpoint 1, now 2"),
-    (dict(utype="SBP", backup_workers=1), dict(utype="SBP", backup_workers=0), "backup: checkpoint 1, now 0"),
+    (dict(push="model"), dict(push="gradients"), "push: checkpoint 'model', now 'gradients'"),
+    (dict(seed=1), dict(seed=2), "seed: checkpoint 1, now 2"),
+    (dict(agg="adam"), dict(agg="momentum"), "agg: checkpoint 'adam', now 'momentum'"),
 ])
-def test_resume_must_match_mode_parameters(tmp_path, first, then, key):
+def test_resume_must_match_what_the_state_depends_on(tmp_path, first, then, key):
     run(epochs=1, checkpoint=str(tmp_path), **first)
     with pytest.raises(ValueError, match=f"different run.*{key}"):
         run(epochs=2, checkpoint=str(tmp_path), resume=True, **then)
+
+
+@pytest.mark.parametrize("first,then,changed", [
+    (dict(freq="NBATCHES", nbatches=2), dict(freq="NBATCHES", nbatches=3), {"nbatches": [2, 3]}),
+    (dict(utype="SSP", staleness=1), dict(utype="SSP", staleness=2), {"staleness": [1, 2]}),
+    (dict(utype="SBP", backup_workers=1), dict(utype="BSP"), {"utype": ["sbp", "bsp"]}),
+])
+def test_a_resume_may_change_the_mode_and_records_it(tmp_path, first, then, changed):
+    run(epochs=1, checkpoint=str(tmp_path), **first)
+    res = run(epochs=2, checkpoint=str(tmp_path), resume=True, **then)
+    assert res.history[1]["resumed_with"] == changed and "resumed_with" not in res.history[0]
 
 
 def test_resuming_with_fewer_epochs_than_done_warns(tmp_path):
