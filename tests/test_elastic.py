@@ -9,6 +9,7 @@ from gpups import checkpoint as ckpt
 from gpups.runtime import reshard
 from helpers import assert_models_close, small_net
 
+
 def problem(n=240, seed=11):
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((3, 6)) * 2
