@@ -516,3 +516,19 @@ def _pids_of_cluster(temp):
         grew = bool(kids - found)
         found |= kids
     return sorted(found)
+
+
+def test_a_local_checkpoint_resumes_on_ray_with_other_workers_and_shards(ray_session, blobs, tmp_path):
+    """Elastic across backends: k=3 and 1 shard locally, then k=2 and 2 shards on Ray: the same
+    model as the same resume run locally (BSP, element-wise rule)."""
+    X, y = blobs
+    params = small_net().init(5, dtype=np.float64)
+    kw = dict(utype="BSP", batchsize=12, agg="adam", hyperparams={"lr": 0.01})
+    for folder in ("a", "b"):
+        run(ray_session, params, X, y, "local", epochs=1, k=3, servers=1, checkpoint=str(tmp_path / folder), **kw)
+    on_ray = run(ray_session, params, X, y, "ray", epochs=2, k=2, servers=2, checkpoint=str(tmp_path / "a"),
+                 resume=True, **kw)
+    local = run(ray_session, params, X, y, "local", epochs=2, k=2, servers=2, checkpoint=str(tmp_path / "b"),
+                resume=True, **kw)
+    assert_models_close(on_ray.model, local.model, rtol=1e-12, atol=1e-14)
+    assert on_ray.history[1]["resumed_with"] == {"k": [3, 2], "servers": [1, 2]}
