@@ -76,6 +76,11 @@ def train(args: Any) -> dict[str, Any]:
     arrays: dict[str, Any] = {k: host(v) for k, v in res.model.items()}
     np.savez(os.path.join(args.out, "model.npz"), **arrays)
     plotted = plot_history(res.history, os.path.join(args.out, "convergence.png"), args)
+    if args.trace:
+        from .trace import plot
+
+        written = plot(args.trace, os.path.join(args.out, "timeline.png"))
+        print(f"wrote the timeline {args.trace}" + "".join(f", {w}" for w in written))
     last = res.history[-1]
     metric = " ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith("val_"))
     print(f"trained {args.model} on {data.name} ({len(X)} rows) with {args.utype} k={args.k} on "

@@ -10,6 +10,7 @@ import numpy as np
 from .flat import Layout
 from .optim import make_rule
 from .server import ParamServer
+from .trace import WORKERS
 from .worker import Worker
 
 
@@ -33,6 +34,7 @@ class LocalBackend:
         # only with one step per push and no local update.
         alias = (policy.still_during_rounds and (self.unlocked or not policy.unlocked)
                  and opts.freq == "batch" and opts.push == "gradients")
+        self.trace: Any = None
         self.workers: list[Worker] = []
         try:
             for j, rows in enumerate(parts):
@@ -51,8 +53,14 @@ class LocalBackend:
     def start(self, j: int, nsteps: int, epoch: int, pulled: list | None) -> Any:
         w = self.workers[j]
         w.pulled = self.server.version
+        mark = self.trace is not None and not self.device.async_launch
+        if mark:
+            began: list[float] = []
+            w.stream.launch(lambda: began.append(self.trace.now()))
         for ev in self.server.pull(w.replica, w.slot) if pulled is None else pulled:
             w.stream.wait_event(ev)
+        if mark:
+            w.stream.launch(lambda: self.trace.span(WORKERS, j, "pull wait", began[0], self.trace.now()))
         if w.base is not None:
             w.stream.launch(w.snapshot_base)
         w.stream.launch(w.run, nsteps, epoch)
@@ -84,6 +92,13 @@ class LocalBackend:
     @staticmethod
     def run_epoch(epoch: Callable[[], None], restore: Callable[[], Any]) -> None:
         epoch()
+
+    def attach(self, trace: Any) -> None:
+        """Spans from host clocks: meaningful where launches run the work (the CPU device)."""
+        self.trace = trace
+        self.server.trace = trace
+        for w in self.workers:
+            w.trace = trace
 
     @staticmethod
     def faults() -> dict[str, Any]:

@@ -150,6 +150,16 @@ def _checkpoint(v: Any, ctx: Any) -> str | None:
     return os.fspath(v)
 
 
+def _trace(v: Any, ctx: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, (str, os.PathLike)) or os.path.isdir(v):
+        raise option_error("trace", v, "a file path for the trace (e.g. 'run.trace.json') or None")
+    path = os.fspath(v)
+    checks.writable_folder("trace", os.path.dirname(os.path.abspath(path)))
+    return path
+
+
 def _resume(v: Any, ctx: Any) -> bool:
     rs = checks.flag("resume", v)
     if rs and ctx.checkpoint is None:
@@ -223,6 +233,10 @@ class Options:
                                     cli={}, values="None or a folder")
     resume: bool = option(False, "continue from the newest checkpoint in `checkpoint`", _resume,
                           cli={"action": "store_true"}, values="bool")
+    trace: str | None = option(None, "write a timeline of the run there: Chrome/Perfetto trace-event JSON (one "
+                               "track per worker and shard, staleness and samples/s counters; see README)", _trace,
+                               cli={"help": "write a Chrome/Perfetto trace-event JSON of the run to this file"},
+                               values="None or a file path")
     seed: int = option(0, "partition seed", _int("seed", 0), match=True, cli={"type": int}, values="int >= 0")
     progress: bool = option(True, "one line per epoch on stderr", lambda v, ctx: checks.flag("progress", v),
                             values="bool")

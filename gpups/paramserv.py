@@ -42,7 +42,7 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
               push: str = "gradients", staleness: int = 0, backup_workers: int = 0,
               device: Any = "auto", backend: str = "local", checkpoint: str | None = None,
               resume: bool = False, seed: int = 0, progress: bool = True,
-              nonfinite: str = "raise", ray_address: str | None = None) -> Result:
+              nonfinite: str = "raise", ray_address: str | None = None, trace: str | None = None) -> Result:
     """Train ``model`` with ``k`` workers and ``servers`` parameter-server shards.
 
     ``upd(params, features, labels, hyperparams)`` returns the gradients of a mini-batch (a dict
@@ -56,7 +56,7 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
     counts it. ``device`` is ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or a list of GPUs (worker j on
     ``device[j % len]``, shard s on ``device[s % len]``); features are cast to the model's dtype.
     ``backend="ray"`` runs the shards and workers as Ray actors (a local Ray instance,
-    or the cluster at ``ray_address``). Inputs are never mutated. Every option is declared, with
+    or the cluster at ``ray_address``). ``trace`` names a file for a Chrome/Perfetto timeline. Inputs are never mutated. Every option is declared, with
     its meaning and check, in :class:`gpups.options.Options` (README's table is made from it).
     """
     given = {name: value for name, value in locals().items() if name not in ("model", "features", "labels")}

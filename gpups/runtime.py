@@ -21,6 +21,7 @@ from .history import Progress, epoch_record
 from .options import elastic_keys, fingerprint
 from .seams import Backend
 from .streams import StreamError
+from .trace import RUN, Trace
 
 
 class Run:
@@ -33,6 +34,10 @@ class Run:
         self.history: list[dict[str, Any]] = []
         self.first_epoch = 0
         self.progress: Progress | None = None
+        self.trace: Trace | None = None
+        if opts.trace:
+            self.trace = Trace(opts.trace, opts.k, len(self.cuts()))
+            backend.attach(self.trace)
         # where a backend that can lose state mid-run goes back to when there is no checkpoint yet
         self.start_state = self.state_dict(0) if backend.restarts and opts.checkpoint else None
         self.resumed: dict[str, Any] = {}  # what a resume changed (recorded in the next epoch's record)
@@ -65,6 +70,8 @@ class Run:
         the new model is copied into j's replica in the same go (events returned)."""
         w = self.workers[j]
         w.staleness.append(self.server.version - w.pulled)
+        if self.trace is not None:
+            self.trace.counter("staleness", self.trace.now(), **{f"worker {j}": w.staleness[-1]})
         return self.server.apply((j,), 1.0 / self.opts.k, pull_into=w.replica if pull else None, slot=w.slot)
 
     def start_unlocked(self, j: int, nsteps: int, epoch: int) -> None:
@@ -100,6 +107,8 @@ class Run:
             raise
         finally:
             self.backend.close()
+            if self.trace is not None:
+                self.trace.write()
         return self.history
 
     def epoch(self, epoch: int, progress: Progress) -> None:
@@ -123,6 +132,10 @@ class Run:
         if self.device.timed_kernels:
             rec["server_seconds"] = self.server.update_seconds - server_before
         self.history.append(rec)
+        if self.trace is not None:
+            now = self.trace.now()
+            self.trace.span(RUN, 0, "epoch", now - seconds, now, epoch=epoch + 1)
+            self.trace.counter("samples/s", now, samples_per_s=rec["samples_per_s"])
         if self.opts.checkpoint:  # (saved before the epoch's line: a line printed is a checkpoint made)
             ckpt.save(self.opts.checkpoint, epoch + 1, self.state_dict(epoch + 1))
         progress.epoch(rec)

@@ -143,6 +143,8 @@ class Backend(Protocol):
         """Run one epoch; a backend that lost state may ``restore()`` the newest checkpoint (it
         returns that checkpoint's epoch, or None when the run keeps none) and run it again."""
     def skipped(self) -> list[int]: ...
+    def attach(self, trace: Any) -> None:
+        """Record spans into ``trace`` (a :class:`gpups.trace.Trace`) where the backend can."""
     def faults(self) -> dict[str, Any]:
         """What went wrong and was recovered since the last call (history fields; {} if nothing)."""
     def worker_states(self) -> list[dict[str, Any]]: ...

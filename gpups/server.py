@@ -65,6 +65,7 @@ class ParamServer:
     version: int = 0            # updates applied so far (staleness is measured in these)
     updated: dict = field(default_factory=dict)  # per slot: events after the latest update
     update_seconds: float = 0.0  # CPU: wall time spent in update kernels (the bench's server share)
+    trace: Any = None            # a gpups.trace.Trace, when the run records a timeline
 
     def __post_init__(self) -> None:
         dev, xp, n = self.device, self.device.xp, self.layout.size
@@ -137,9 +138,13 @@ class ParamServer:
             return self.updated[slot]
         events = []
         copy = self.device.kernels.copy
+        timed = self.trace is not None and self.device.timed_kernels
         for sh in self.shards:
             if not (home and sh.slot == slot):
+                t0 = time.perf_counter() if timed else 0.0
                 self.graphs.launch(sh.stream, ("pull", sh.index, id(dst)), copy, self._part(dst, sh), sh.w)
+                if timed:  # (a CPU shard's stream runs the copy inline)
+                    self.trace.span(2, sh.index, "pull", t0, time.perf_counter())
             events.append(sh.stream.record())
         if home:
             self.updated[slot] = events
@@ -224,7 +229,10 @@ class ParamServer:
         if self.device.timed_kernels:
             t0 = time.perf_counter()
             self._run_kernels(sh, rows, scale, serial, step, **pull)
-            self.update_seconds += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            self.update_seconds += t1 - t0
+            if self.trace is not None:
+                self.trace.span(2, sh.index, "apply", t0, t1, pushes=len(rows))
         else:  # asynchronous: a host clock would measure the launch only
             self._run_kernels(sh, rows, scale, serial, step, **pull)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -127,6 +128,7 @@ class Worker(Accounts):
         self.pulled = 0      # server version of the last pull (staleness is counted from it)
         self.where = ""      # for error messages: epoch and batch being run
         self.reset_stats()
+        self.trace: Any = None  # a gpups.trace.Trace, when the run records a timeline
         self.graphs = device.step_graphs(self)  # GPU: CUDA graphs of its intervals (None: eager)
 
     def _build(self, xs: Any, ys: Any, layout: Layout, server: Any, rule: Any,
@@ -183,6 +185,7 @@ class Worker(Accounts):
     def run(self, nsteps: int, epoch: int) -> None:
         """``nsteps`` local steps, leaving the payload in its home's ``G[j]`` (host bookkeeping here,
         device work in :meth:`interval`, eagerly or as a CUDA graph replay)."""
+        t0 = time.perf_counter() if self.trace is not None else 0.0
         full = (self.cursor + nsteps) * self.batchsize <= self.n
         b0 = self.account(nsteps, epoch)
         if not (self.graphs is not None and full and self.graphs.replay(nsteps)):
@@ -190,6 +193,8 @@ class Worker(Accounts):
         if self.has_loss:
             self.loss_count += nsteps
         self.local_step += nsteps if self.push == "model" else nsteps - 1
+        if self.trace is not None:  # (on a GPU: the launch, not the work)
+            self.trace.span(1, self.j, "interval", t0, time.perf_counter(), batches=nsteps, first=b0 + 1)
 
     def interval(self, nsteps: int, b0: int, graph: Any = None) -> None:
         """The device work of one push interval from batch ``b0``. With ``graph`` (capture), the

@@ -354,6 +354,9 @@ class RayBackend:
     def skipped(self) -> list[int]:
         return [int(v) for v in self.server.bad[1]]
 
+    def attach(self, trace: Any) -> None:
+        """Ray: the actors' spans are not collected (the trace has the run's epochs and counters)."""
+
     def faults(self) -> dict[str, Any]:
         """Since the last epoch record: ``restarts`` (a shard died: the run went back to the newest
         checkpoint), ``recovery_seconds`` (the lost attempts and the restores) and
