@@ -43,13 +43,28 @@ class LocalBackend:
                 self.workers.append(Worker(
                     j, device, features, labels, rows, layout, self.server, upd, hp, make_rule(opts.agg, hp, layout),
                     opts.batchsize, opts.push, alias=alias, concurrent=opts.k > 1,
-                    keep_state=opts.nonfinite == "skip", pull_unlocked=policy.unlocked and not alias, tail=tail))
+                    keep_state=opts.nonfinite == "skip" or opts.on_worker_error == "drop",
+                    pull_unlocked=policy.unlocked and not alias, tail=tail,
+                    tolerate=opts.max_worker_failures if opts.on_worker_error == "drop" else None))
         except BaseException:  # (out of memory on the device, say): stop the threads started
             self.close()
             raise
         device.synchronize()  # set-up copies ran on the default stream: finish them first
 
     # -- what the run asks --------------------------------------------------------------------
+    def redeal(self) -> None:
+        """The rows of workers the run dropped go to the others, near-equally (at an epoch's start)."""
+        gone = [w for w in self.workers if w.out and w.n]
+        alive = [w for w in self.workers if not w.out]
+        if not gone or not alive:
+            return
+        self.device.synchronize()
+        for w in gone:
+            X, y = (self.device.to_host(a) for a in w.give_rows())
+            for part, taker in zip(np.array_split(np.arange(len(X)), len(alive)), alive):
+                if len(part):
+                    taker.take_rows(X[part], y[part])
+
     def start(self, j: int, nsteps: int, epoch: int, pulled: list | None) -> Any:
         w = self.workers[j]
         w.pulled = self.server.version

@@ -27,6 +27,7 @@ FREQS = ("BATCH", "NBATCHES", "EPOCH")
 PUSHES = ("gradients", "model")
 BACKENDS = ("local", "ray")
 NONFINITE = ("raise", "skip")
+ON_WORKER_ERROR = ("stop", "drop")
 UPD = "upd(params, features, labels, hyperparams) -> grads or (grads, loss)"
 AGG = "agg(params, grads, state, hyperparams) -> (params, state)"
 EVALUATE = "evaluate(params, features, labels) -> dict of metrics"
@@ -160,6 +161,14 @@ def _trace(v: Any, ctx: Any) -> str | None:
     return path
 
 
+def _on_worker_error(v: Any, ctx: Any) -> str:
+    mode = checks.choice("on_worker_error", v, ON_WORKER_ERROR)
+    if mode == "drop" and ctx.backend == "ray":
+        raise option_error("on_worker_error", v, "'stop' with backend='ray' (Ray restarts a dead actor itself; "
+                           "dropping workers is built for the local backend)")
+    return mode
+
+
 def _resume(v: Any, ctx: Any) -> bool:
     rs = checks.flag("resume", v)
     if rs and ctx.checkpoint is None:
@@ -245,6 +254,14 @@ class Options:
                             "(`history[i]['skipped']`)", _choice("nonfinite", NONFINITE),
                             cli={"help": "a NaN/Inf push: 'raise' (stop the run) or 'skip'"},
                             values="`raise`, `skip`")
+
+    on_worker_error: str = option("stop", "a worker whose `upd` raises: `stop` the run with its error, or `drop`: log "
+                                  "it, discard that push and retry from the worker's next interval; one failure past "
+                                  "`max_worker_failures` and the run goes on without it (its rows dealt to the others "
+                                  "from the next epoch; `Result.dropped`)", _on_worker_error, cli={},
+                                  values="`stop`, `drop`")
+    max_worker_failures: int = option(2, "with `on_worker_error='drop'`: failures a worker may have and stay",
+                                      _int("max_worker_failures", 0), cli={"type": int}, values="int >= 0")
 
     @property
     def policy(self) -> sync.Policy:

@@ -32,6 +32,7 @@ class Result:
     device: str = "cpu"
     clock_log: list[tuple[int, int, int]] = field(default_factory=list)  # SSP (worker, clock, slowest)
     graphs: int = 0  # CUDA graphs captured (GPU: push intervals replayed with one launch)
+    dropped: list[int] = field(default_factory=list)  # on_worker_error="drop": the workers the run went on without
 
 
 def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Callable,
@@ -42,7 +43,8 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
               push: str = "gradients", staleness: int = 0, backup_workers: int = 0,
               device: Any = "auto", backend: str = "local", checkpoint: str | None = None,
               resume: bool = False, seed: int = 0, progress: bool = True,
-              nonfinite: str = "raise", ray_address: str | None = None, trace: str | None = None) -> Result:
+              nonfinite: str = "raise", ray_address: str | None = None, trace: str | None = None,
+              on_worker_error: str = "stop", max_worker_failures: int = 2) -> Result:
     """Train ``model`` with ``k`` workers and ``servers`` parameter-server shards.
 
     ``upd(params, features, labels, hyperparams)`` returns the gradients of a mini-batch (a dict
@@ -119,7 +121,8 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
             arr = dev.to_host(view)
             out[name] = np.array(arr, copy=True) if in_xp is np else in_xp.asarray(arr).copy()
         graphs = sum(len(w.graphs.graphs) for w in run.workers if getattr(w, "graphs", None) is not None)
-        return Result(out, history, run.device.describe(), run.clock_log, graphs)
+        dropped = [w.j for w in run.workers if w.out]
+        return Result(out, history, run.device.describe(), run.clock_log, graphs, dropped)
 
 
 def resume_from(run: Run, opts: Any) -> None:

@@ -112,6 +112,11 @@ class Run:
         return self.history
 
     def epoch(self, epoch: int, progress: Progress) -> None:
+        if any(w.out for w in self.workers):
+            if all(w.out for w in self.workers):
+                raise WorkerError("every worker", "failed more than max_worker_failures times: nothing is left to "
+                                  "train with")
+            self.backend.redeal()
         for w in self.workers:
             w.new_epoch()
             w.stream.launch(w.start_epoch)
@@ -127,6 +132,9 @@ class Run:
         skipped = [a - b for a, b in zip(self.backend.skipped(), skipped_before)]
         rec = epoch_record(epoch, seconds, self.workers, metrics, self.policy.history(self.workers), skipped)
         rec.update(self.backend.faults())  # (Ray: actors restarted, time lost to recovery)
+        if self.opts.on_worker_error == "drop":
+            rec["failures"] = [w.failed for w in self.workers]
+            rec["alive"] = sum(not w.out for w in self.workers)
         if self.resumed:
             rec["resumed_with"], self.resumed = self.resumed, {}
         if self.device.timed_kernels:

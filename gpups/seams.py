@@ -88,6 +88,8 @@ class WorkerHandle(Protocol):
     pushes: int
     dropped: int
     pulled: int
+    out: bool
+    failed: int
     loss_count: int
     staleness: list[int]
     replica: Any          # where a pull lands (Ray: a token; the pull travels as call arguments)
@@ -143,6 +145,8 @@ class Backend(Protocol):
         """Run one epoch; a backend that lost state may ``restore()`` the newest checkpoint (it
         returns that checkpoint's epoch, or None when the run keeps none) and run it again."""
     def skipped(self) -> list[int]: ...
+    def redeal(self) -> None:
+        """The rows of dropped workers go to the others (at an epoch's start)."""
     def attach(self, trace: Any) -> None:
         """Record spans into ``trace`` (a :class:`gpups.trace.Trace`) where the backend can."""
     def faults(self) -> dict[str, Any]:

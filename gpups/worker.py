@@ -62,9 +62,15 @@ class Accounts:
     cursor: int
     slot: int = 0  # the device slot it runs on (a GPU list has several)
     loss_dev: Any = None
+    out = False    # on_worker_error="drop": the run goes on without this worker
+    failed = 0     # failures this epoch (its pushes discarded)
+    booked = 0     # samples of the interval being run
+    at = 0         # the batch being run (for error messages)
 
     def plan(self, freq: str, nbatches: int) -> list[int]:
-        """Steps per push interval for one epoch."""
+        """Steps per push interval for one epoch (none for a worker the run dropped)."""
+        if self.out or not self.batches:
+            return []
         per = {"batch": 1, "nbatches": nbatches, "epoch": self.batches}[freq]
         full, rest = divmod(self.batches, per)
         return [per] * full + ([rest] if rest else [])
@@ -78,6 +84,7 @@ class Accounts:
         self.loss_host, self.loss_count = 0.0, 0
         self.samples = 0
         self.pushes = 0
+        self.failed = 0
         self.dropped = 0     # SBP: pushes that came too late for their round
         self.staleness: list[int] = []
 
@@ -93,7 +100,8 @@ class Accounts:
         self.cursor += nsteps
         self.epoch = epoch
         self.where = f"epoch {epoch + 1}, batch {b0 + nsteps}"
-        self.samples += min((b0 + nsteps) * self.batchsize, self.n) - b0 * self.batchsize
+        self.booked = min((b0 + nsteps) * self.batchsize, self.n) - b0 * self.batchsize
+        self.samples += self.booked
         self.pushes += 1
         return b0
 
@@ -103,11 +111,12 @@ class Worker(Accounts):
                  layout: Layout, server: Any, upd: Callable, hp: dict, rule: Any,
                  batchsize: int, push: str, alias: bool = False, concurrent: bool = True,
                  check_finite: bool = True, keep_state: bool = False, pull_unlocked: bool = False,
-                 tail: Callable[[], None] | None = None):
+                 tail: Callable[[], None] | None = None, tolerate: int | None = None):
         """``alias``: compute on the server's parameters (no replica); ``concurrent``: a thread
         of its own on the CPU; ``keep_state``: a skipped push undoes its local updates;
         ``pull_unlocked`` / ``tail``: device work before / after each interval (HOGWILD's
-        unlocked pull, and its push applied by the worker itself), captured with it."""
+        unlocked pull, and its push applied by the worker itself), captured with it;
+        ``tolerate``: on_worker_error="drop": failures it may have (None: a failure stops the run)."""
         self.j, self.device, self.layout, self.server = j, device, layout, server
         self.upd, self.rule, self.push = upd, rule, push
         # what upd is given: the hyperparameters, plus who calls and how far it is (a Dropout
@@ -116,6 +125,7 @@ class Worker(Accounts):
         self.wants_out = accepts_out(upd)
         self.check_finite = check_finite
         self.keep_state = keep_state  # nonfinite="skip": a skipped push undoes its local updates
+        self.tolerate, self.failures = tolerate, 0
         self.slot = device.worker_slot(j)
         xs, ys = features[rows], labels[rows]  # (where the data lies; placed on the slot below)
         with device.on(self.slot):
@@ -188,13 +198,69 @@ class Worker(Accounts):
         t0 = time.perf_counter() if self.trace is not None else 0.0
         full = (self.cursor + nsteps) * self.batchsize <= self.n
         b0 = self.account(nsteps, epoch)
+        if self.out:  # dropped this epoch: its remaining intervals push nothing
+            self.discard()
+            return
         if not (self.graphs is not None and full and self.graphs.replay(nsteps)):
-            self.interval(nsteps, b0)
+            try:
+                self.interval(nsteps, b0)
+            except Exception as exc:
+                if self.tolerate is None:
+                    raise
+                self.fail(exc, b0)
+                return
         if self.has_loss:
             self.loss_count += nsteps
         self.local_step += nsteps if self.push == "model" else nsteps - 1
         if self.trace is not None:  # (on a GPU: the launch, not the work)
             self.trace.span(1, self.j, "interval", t0, time.perf_counter(), batches=nsteps, first=b0 + 1)
+
+    def discard(self) -> None:
+        """This interval's push is not applied: its skip flag is set (neither counted as a
+        non-finite push nor reported as one) and sent where a far shard reads it; it is not
+        counted as a push, nor its rows as samples."""
+        self.bad[0, self.j] = 1
+        if self.send is not None:
+            self.send()
+        self.pushes -= 1
+        self.samples -= self.booked
+
+    def fail(self, exc: Exception, b0: int) -> None:
+        """on_worker_error="drop": log the failure, discard the push, put the local optimizer
+        state back (when it was kept), and past ``tolerate`` failures leave the run. The losses
+        of the interval's batches before the failing one stay in the epoch's mean."""
+        from .runtime import log
+
+        self.failures += 1
+        self.failed += 1
+        if self.has_loss:
+            self.loss_count += self.at - b0
+        for slot, saved in self.saved_state.items():
+            self.local_state[slot][...] = saved
+        self.device.set_counter(self.counter, self.cursor)  # (the graphs gather from it)
+        self.discard()
+        left = (self.tolerate or 0) - self.failures
+        self.out = left < 0
+        log(f"gpups: worker {self.j} failed in epoch {self.epoch + 1}, batch {self.at + 1} "
+            f"({type(exc).__name__}: {exc}); its push is discarded "
+            + ("and the run goes on without it" if self.out else f"({left} more failure(s) allowed)"))
+
+    def take_rows(self, X: Any, y: Any) -> None:
+        """More rows to train on from the next epoch (a dropped worker's): appended to its
+        partition on its device; graphs of the old shapes go."""
+        xp = self.device.xp
+        with self.device.on(self.slot):
+            self.X = xp.concatenate([self.X, self.device.place(X, self.slot)])
+            self.y = xp.concatenate([self.y, self.device.place(y, self.slot).astype(self.y.dtype, copy=False)])
+        self.n = int(self.X.shape[0])
+        self.batches = math.ceil(self.n / self.batchsize)
+        self.graphs = self.device.step_graphs(self)
+
+    def give_rows(self) -> tuple[Any, Any]:
+        """All its rows (it is dropped: they go to the others)."""
+        X, y = self.X, self.y
+        self.X, self.y, self.n, self.batches = X[:0], y[:0], 0, 0
+        return X, y
 
     def interval(self, nsteps: int, b0: int, graph: Any = None) -> None:
         """The device work of one push interval from batch ``b0``. With ``graph`` (capture), the
@@ -211,7 +277,7 @@ class Worker(Accounts):
                 kernels.copy(saved, self.local_state[slot])
             user_state = self.local_state.get("user")  # a user agg's state: kept by reference
         for s in range(nsteps):
-            b = b0 + s
+            b = self.at = b0 + s
             self.where = f"epoch {self.epoch + 1}, batch {b + 1}"
             if graph is not None:
                 x, y = graph.gather()

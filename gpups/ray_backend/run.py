@@ -354,6 +354,9 @@ class RayBackend:
     def skipped(self) -> list[int]:
         return [int(v) for v in self.server.bad[1]]
 
+    def redeal(self) -> None:
+        """(on_worker_error='drop' is not offered with Ray.)"""
+
     def attach(self, trace: Any) -> None:
         """Ray: the actors' spans are not collected (the trace has the run's epochs and counters)."""
 
