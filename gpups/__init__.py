@@ -7,9 +7,10 @@ from .capture import graph_safe
 from .errors import WorkerError
 from .paramserv import Result, paramserv
 from .sync import ASP, BSP, HOGWILD, SBP, SSP, Hogwild, Policy
+from .tables import RowGrad
 
 __all__ = ["paramserv", "Result", "WorkerError", "graph_safe", "Policy", "BSP", "ASP", "SSP", "SBP", "Hogwild",
-           "HOGWILD", "ray_shutdown"]
+           "HOGWILD", "RowGrad", "ray_shutdown"]
 __version__ = "0.1.0"
 
 

@@ -95,12 +95,26 @@ def as_array(option: str, a: Any) -> Any:
     return out
 
 
+def as_features(option: str, value: Any) -> Any:
+    """Features as given: an array (see :func:`as_array`), or a mapping of row-aligned arrays
+    (:class:`gpups.columns.Columns`)."""
+    from collections.abc import Mapping
+
+    from .columns import as_columns
+
+    return as_columns(option, value) if isinstance(value, Mapping) else as_array(option, value)
+
+
 def check_data(features: Any, labels: Any, prefix: str = "") -> None:
+    from .columns import Columns
+
     f, l = prefix + "features", prefix + "labels"
-    if not is_array(features) or features.ndim < 2:
+    if isinstance(features, Columns):
+        pass  # (each array was checked when the mapping was read: as_features)
+    elif not is_array(features) or features.ndim < 2:
         shape = getattr(features, "shape", None)
         raise ValueError(f"{f} has shape {shape}; expected an array of shape (n, ...) with one row per example")
-    if features.dtype.kind != "f":
+    elif features.dtype.kind != "f":
         raise ValueError(f"{f} has dtype {features.dtype}; expected float32 or float64")
     if not is_array(labels) or labels.ndim < 1:
         raise ValueError(f"{l} has shape {getattr(labels, 'shape', None)}; expected an array of shape (n, ...)")
@@ -111,7 +125,8 @@ def check_data(features: Any, labels: Any, prefix: str = "") -> None:
                          "expected one label row per feature row")
     if features.shape[0] == 0:
         raise ValueError(f"{f} has no rows")
-    check_finite(f, features)
+    if not isinstance(features, Columns):
+        check_finite(f, features)
     check_finite(l, labels)
 
 

@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from .ctr import CTRData, criteo, synthetic_ctr  # noqa: F401  (click-through data: gpups.datasets.criteo, ...)
+
 NAMES = ("mnist5k", "digits", "mnist", "synthetic", "synthetic_regression")
 
 

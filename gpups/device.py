@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import streams
+from .columns import Columns
 from .errors import option_error
 
 
@@ -58,8 +59,10 @@ class CPUDevice:
         """Context in which allocations land on ``slot`` (nothing to do on the CPU)."""
         return contextlib.nullcontext()
 
-    def place(self, array: Any, slot: int = 0) -> np.ndarray:
+    def place(self, array: Any, slot: int = 0) -> Any:
         """The array on this device (workers' partitions, the server's buffers)."""
+        if isinstance(array, Columns):
+            return array.map(lambda a: np.ascontiguousarray(host(a)))
         return np.ascontiguousarray(host(array))
 
     def rows(self, idx: Sequence[int], slot: int = 0) -> np.ndarray:
@@ -128,7 +131,9 @@ def cpu_kernels() -> Any:
 
 
 def host(array: Any) -> np.ndarray:
-    """A numpy array from a numpy or CuPy array."""
+    """A numpy array from a numpy or CuPy array (named columns: each of them)."""
+    if isinstance(array, Columns):
+        return array.map(host)  # type: ignore[return-value]
     return array.get() if hasattr(array, "get") and not isinstance(array, np.ndarray) else np.asarray(array)
 
 

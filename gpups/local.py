@@ -20,11 +20,17 @@ class LocalBackend:
     restarts = False  # nothing is lost mid-run but with the process
 
     def __init__(self, opts: Any, device: Any, layout: Layout, init_flat: np.ndarray, features: Any, labels: Any,
-                 parts: list[np.ndarray], upd: Callable, hp: dict):
+                 parts: list[np.ndarray], upd: Callable, hp: dict, tables: dict[str, Any] | None = None):
+        """``tables``: the model's sparse tables (name: array), kept by a TableServer."""
         self.device = device
         policy = opts.policy
         self.server = ParamServer(device, layout, device.place(init_flat), make_rule(opts.agg, hp, layout),
                                   opts.k, opts.servers, opts.push)
+        if tables:
+            from .tables import TableServer, table_rule
+
+            self.server.tables = TableServer(tables, table_rule(opts.agg, opts.table_agg), hp, opts.k,
+                                             opts.servers, opts.push, self.server.bad)
         # Workers of a policy that applies its own pushes write the shared parameters from their
         # own streams; on several GPUs a stream cannot run a kernel on another device, so their
         # pushes are applied by streams of theirs on the shards' devices (ParamServer.push_from).
@@ -45,11 +51,19 @@ class LocalBackend:
                     opts.batchsize, opts.push, alias=alias, concurrent=opts.k > 1,
                     keep_state=opts.nonfinite == "skip" or opts.on_worker_error == "drop",
                     pull_unlocked=policy.unlocked and not alias, tail=tail,
-                    tolerate=opts.max_worker_failures if opts.on_worker_error == "drop" else None))
+                    tolerate=opts.max_worker_failures if opts.on_worker_error == "drop" else None,
+                    tables=self.table_client(j, policy.unlocked)))
         except BaseException:  # (out of memory on the device, say): stop the threads started
             self.close()
             raise
         device.synchronize()  # set-up copies ran on the default stream: finish them first
+
+    def table_client(self, j: int, unlocked: bool) -> Any:
+        if self.server.tables is None:
+            return None
+        from .tables import TableClient
+
+        return TableClient(self.server.tables, j, unlocked)
 
     # -- what the run asks --------------------------------------------------------------------
     def redeal(self) -> None:

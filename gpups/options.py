@@ -105,7 +105,12 @@ def _val_labels(v: Any, ctx: Any) -> Any:
         raise ValueError("val_features and val_labels go together: give both or neither")
     if xv is not None:
         checks.check_data(xv, v, "val_")
-        if tuple(xv.shape[1:]) != tuple(ctx.features.shape[1:]):
+        if hasattr(ctx.features, "arrays") or hasattr(xv, "arrays"):  # named columns: the same names and row shapes
+            want = {n: a.shape[1:] for n, a in getattr(ctx.features, "arrays", {}).items()}
+            got = {n: a.shape[1:] for n, a in getattr(xv, "arrays", {}).items()}
+            if want != got:
+                raise ValueError(f"val_features has the columns {got}; expected {want} like features")
+        elif tuple(xv.shape[1:]) != tuple(ctx.features.shape[1:]):
             raise ValueError(f"val_features rows have shape {tuple(xv.shape[1:])}; expected "
                              f"{tuple(ctx.features.shape[1:])} like features")
         net = model_of(ctx.upd)
@@ -167,6 +172,12 @@ def _on_worker_error(v: Any, ctx: Any) -> str:
         raise option_error("on_worker_error", v, "'stop' with backend='ray' (Ray restarts a dead actor itself; "
                            "dropping workers is built for the local backend)")
     return mode
+
+
+def _table_agg(v: Any, ctx: Any) -> str | None:
+    from .tables import TABLE_AGGS
+
+    return None if v is None else checks.choice("table_agg", v, TABLE_AGGS)
 
 
 def _resume(v: Any, ctx: Any) -> bool:
@@ -262,6 +273,11 @@ class Options:
                                   values="`stop`, `drop`")
     max_worker_failures: int = option(2, "with `on_worker_error='drop'`: failures a worker may have and stay",
                                       _int("max_worker_failures", 0), cli={"type": int}, values="int >= 0")
+
+    table_agg: str | None = option(None, "the sparse tables' row-wise rule (tables: parameters whose gradient is "
+                                   "a `gpups.RowGrad`); None: `agg`'s own (`adam` on rows is lazy: moments of the "
+                                   "touched rows only); `rowwise_adagrad` keeps one accumulator per row",
+                                   _table_agg, match=True, cli={}, values="None, `sgd`, `adagrad`, `rowwise_adagrad`, `adam`")
 
     @property
     def policy(self) -> sync.Policy:

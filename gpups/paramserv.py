@@ -8,7 +8,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import checkpoint as ckpt
-from .checks import array_module, as_array, check_partitions
+from .checks import array_module, as_array, as_features, check_partitions
+from .columns import Columns
 from .device import CPUDevice, host, resolve
 from .errors import option_error
 from .flat import Layout
@@ -44,7 +45,7 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
               device: Any = "auto", backend: str = "local", checkpoint: str | None = None,
               resume: bool = False, seed: int = 0, progress: bool = True,
               nonfinite: str = "raise", ray_address: str | None = None, trace: str | None = None,
-              on_worker_error: str = "stop", max_worker_failures: int = 2) -> Result:
+              on_worker_error: str = "stop", max_worker_failures: int = 2, table_agg: str | None = None) -> Result:
     """Train ``model`` with ``k`` workers and ``servers`` parameter-server shards.
 
     ``upd(params, features, labels, hyperparams)`` returns the gradients of a mini-batch (a dict
@@ -62,8 +63,8 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
     its meaning and check, in :class:`gpups.options.Options` (README's table is made from it).
     """
     given = {name: value for name, value in locals().items() if name not in ("model", "features", "labels")}
-    features, labels = as_array("features", features), as_array("labels", labels)
-    given["val_features"] = val_features = as_array("val_features", val_features)
+    features, labels = as_features("features", features), as_array("labels", labels)
+    given["val_features"] = val_features = as_features("val_features", val_features)
     given["val_labels"] = val_labels = as_array("val_labels", val_labels)
     opts = validate(model, features, labels, **given)
     hp = resolve_hyperparams(opts.agg, hyperparams)
@@ -81,22 +82,26 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
         if evaluate is None and val_features is not None:
             evaluate = getattr(model_of(upd), "evaluate", None)
 
-        layout = Layout.of(model)
+        tables = find_tables(model, upd, features, labels, parts[0][: opts.batchsize], hp, opts, dev, device)
+        dense = {name: a for name, a in model.items() if name not in tables}
+        layout = Layout.of(dense)
         in_xp = array_module(next(iter(model.values())))
         init = np.empty(layout.size, layout.dtype) if in_xp is np else in_xp.empty(layout.size, layout.dtype)
-        layout.flatten(model, init)
+        layout.flatten(dense, init)
         if dev.host_memory:  # CuPy inputs train on the CPU too when asked
             init, features, labels = host(init), host(features), host(labels)
         # features in the model's dtype (the GPU's GEMMs take one dtype; the CPU's would upcast)
         xf, yl = (features if features.dtype == layout.dtype else features.astype(layout.dtype)), labels
         if val_features is not None and val_features.dtype != layout.dtype:
             val_features = val_features.astype(layout.dtype)
-        dry_run(dev, layout, init, xf, yl, parts[0][: opts.batchsize], upd, opts.agg, hp)
+        dry_run(dev, layout, init, xf, yl, parts[0][: opts.batchsize], upd, opts.agg, hp, tables)
         val = None
         if val_features is not None:
             val = (dev.place(val_features), dev.place(val_labels))
             if evaluate is not None:
-                check_metrics(evaluate(layout.views(dev.place(init.copy()), readonly=True), val[0][:2], val[1][:2]))
+                first = {**layout.views(dev.place(init.copy()), readonly=True),
+                         **{name: readonly(np.asarray(a)) for name, a in tables.items()}}
+                check_metrics(evaluate(first, val[0][:2], val[1][:2]))
 
         engine: Backend  # (where the server and workers live; `backend` is the option naming it)
         if remote:
@@ -104,7 +109,7 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
 
             engine = RayBackend(opts, layout, init, xf, yl, parts, upd, hp, actor_device)
         else:
-            engine = LocalBackend(opts, dev, layout, init, xf, yl, parts, upd, hp)
+            engine = LocalBackend(opts, dev, layout, init, xf, yl, parts, upd, hp, tables)
         try:
             run = Run(opts, engine, layout, hp, evaluate, val)
             if opts.resume:
@@ -120,6 +125,10 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
         for name, view in layout.views(flat).items():
             arr = dev.to_host(view)
             out[name] = np.array(arr, copy=True) if in_xp is np else in_xp.asarray(arr).copy()
+        tables_now = getattr(run.server, "tables", None)  # (the local backend's TableServer)
+        if tables_now is not None:
+            out.update({name: w.copy() for name, w in tables_now.model().items()})
+        out = {name: out[name] for name in model}  # (the model's order)
         graphs = sum(len(w.graphs.graphs) for w in run.workers if getattr(w, "graphs", None) is not None)
         dropped = [w.j for w in run.workers if w.out]
         return Result(out, history, run.device.describe(), run.clock_log, graphs, dropped)
@@ -164,16 +173,58 @@ def ray_device(device: Any) -> str:
     return spec
 
 
+def readonly(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+def find_tables(model: Mapping[str, Any], upd: Callable, features: Any, labels: Any, rows: np.ndarray,
+                hp: dict, opts: Any, dev: Any, device: Any) -> dict[str, Any]:
+    """The model's sparse tables: the parameters whose gradient from ``upd`` is a
+    :class:`gpups.RowGrad`. Tables read integer ids, which come in named feature columns; only
+    then is ``upd`` called here, once, on read-only views of the model's own arrays (no copy of
+    a table is made), and what it returns for the tables is checked."""
+    from .tables import RowGrad, check_row_grad, table_rule
+
+    if not isinstance(features, Columns):
+        return {}
+    if not dev.host_memory or opts.backend == "ray":
+        option, value = ("backend", opts.backend) if opts.backend == "ray" else ("device", device)
+        raise option_error(option, value, "'cpu' on the local backend when features are named columns (a mapping): "
+                           "sparse tables and column features run on the CPU in this release")
+    dtype = next(iter(model.values())).dtype
+    params = {name: readonly(np.asarray(a)) for name, a in model.items()}
+    x = features[rows].astype(dtype)
+    grads, _ = call_upd(upd, False, params, x, labels[rows], hp, None)
+    found = {name: model[name] for name, g in grads.items() if isinstance(g, RowGrad)}
+    for name in found:
+        check_row_grad(name, grads[name], params[name])
+    if found:
+        table_rule(opts.agg, opts.table_agg)  # (agg must have a row-wise form)
+        if len(found) == len(model):
+            raise ValueError(f"every parameter of the model is a sparse table ({sorted(found)}); the server needs "
+                             "one dense parameter too in this release (a bias, say)")
+        local = opts.push == "model" or opts.freq == "epoch" or (opts.freq == "nbatches" and opts.nbatches > 1)
+        if local and opts.agg != "sgd":
+            raise option_error("agg", opts.agg, "'sgd' when a model with sparse tables takes local steps between "
+                               f"pushes (freq={opts.freq.upper()!r}, push={opts.push!r}): a worker updates its "
+                               "cached rows by SGD; or push every batch")
+    return found
+
+
 def dry_run(dev: Any, layout: Layout, init: Any, X: Any, y: Any, rows: np.ndarray, upd: Callable,
-            agg: str | Callable, hp: dict) -> None:
-    """Call the user's functions once on copies, so that a wrong result is named before training."""
+            agg: str | Callable, hp: dict, tables: Mapping[str, Any] | None = None) -> None:
+    """Call the user's functions once on copies, so that a wrong result is named before training
+    (the sparse ``tables`` read-only, as they are: they were checked by :func:`find_tables`)."""
     flat = dev.place(init.copy())
     params = layout.views(flat, readonly=True)
+    with_tables = {**params, **{name: readonly(np.asarray(a)) for name, a in (tables or {}).items()}}
     xb, yb = dev.place(X[rows]), dev.place(y[rows])
     wants_out = accepts_out(upd)
     gflat = dev.xp.zeros_like(flat)
     try:
-        grads, _ = call_upd(upd, wants_out, params, xb, yb, hp, layout.views(gflat))
+        grads, _ = call_upd(upd, wants_out, with_tables, xb, yb, hp, layout.views(gflat))
     except ValueError as exc:
         clearer = readonly_error(exc)
         if clearer is None:
@@ -182,6 +233,14 @@ def dry_run(dev: Any, layout: Layout, init: Any, X: Any, y: Any, rows: np.ndarra
     if not dev.host_memory and not bool((flat == dev.place(init)).all()):  # (CuPy has no read-only arrays)
         raise ValueError("upd changed its params argument in place: upd must only read params and return the "
                          "gradients (the server owns the parameters; change them in agg)")
+    from .tables import RowGrad
+
+    if tables:
+        grads = {name: g for name, g in grads.items() if name not in tables}
+    stray = [name for name, g in grads.items() if isinstance(g, RowGrad)]
+    if stray:
+        raise ValueError(f"upd returned a gpups.RowGrad for {stray[0]!r}, but features is one array: a sparse table "
+                         "reads integer ids, given as named columns (features={'dense': ..., 'ids': ...})")
     check_like(grads, params, "upd", "gradients")
     for name, g in grads.items():
         if not bool(dev.xp.isfinite(g).all()):

@@ -175,6 +175,11 @@ class Run:
         if self.evaluate is None or self.val is None:
             return {}
         params = self.layout.views(self.server.model(), readonly=True)
+        tables = getattr(self.server, "tables", None)
+        if tables is not None:  # (read-only views of the server's tables: no copy)
+            for name, w in tables.model().items():
+                params[name] = w.view()
+                params[name].flags.writeable = False
         out = self.evaluate(params, *self.val)
         return {f"val_{k}": float(v) for k, v in check_metrics(out).items()}
 
@@ -228,6 +233,8 @@ def reshard(d: dict[str, Any], old_cuts: list, new_cuts: list, k: int) -> dict[s
     import numpy as np
 
     out: dict[str, Any] = {"w": d["w"], "version": d["version"]}
+    if "tables" in d:  # (rows are placed by id, not cut by range: nothing to re-cut)
+        out["tables"] = d["tables"]
     bad = np.asarray(d["bad"])
     out["bad"] = bad if bad.shape[1] == k else np.zeros((3, k), np.int64)
     slots = sorted({key.split(".", 1)[1] for key in d if key.startswith("shard")} - {"step"})

@@ -66,6 +66,7 @@ class ParamServer:
     updated: dict = field(default_factory=dict)  # per slot: events after the latest update
     update_seconds: float = 0.0  # CPU: wall time spent in update kernels (the bench's server share)
     trace: Any = None            # a gpups.trace.Trace, when the run records a timeline
+    tables: Any = None           # a gpups.tables.TableServer: the sparse tables beside the flat parameters
 
     def __post_init__(self) -> None:
         dev, xp, n = self.device, self.device.xp, self.layout.size
@@ -118,6 +119,8 @@ class ParamServer:
                 sh.stream.launch(*work)
             if pull_into is not None:
                 events.append(sh.stream.record())
+        if self.tables is not None:
+            self.tables.apply(rows, scale, after)
         self.updated = {}  # recorded lazily, once per slot, by the next pull into a home
         self.version += 1
         return events
@@ -203,6 +206,8 @@ class ParamServer:
         """The device work of a HOGWILD push (bookkeeping in :meth:`count_unlocked`)."""
         for sh in self.shards:
             self._kernels(sh, rows, scale, True, sh.step + 1)
+        if self.tables is not None:
+            self.tables.apply(rows, scale, locked=False)
 
     def push_from(self, j: int, scale: float, after: Any) -> list[Any]:
         """HOGWILD on several GPUs: worker j's push (sent to the shards' homes), applied to every
@@ -260,6 +265,8 @@ class ParamServer:
     def state_dict(self) -> dict[str, Any]:
         to_host = self.device.to_host
         out: dict[str, Any] = {"w": to_host(self.model()), "version": self.version, "bad": self.flags()}
+        if self.tables is not None:
+            out["tables"] = self.tables.state_dict()
         for sh in self.shards:
             out[f"shard{sh.index}.step"] = sh.step
             for slot, arr in sh.state.items():
@@ -272,6 +279,8 @@ class ParamServer:
                 home.w[...] = self.device.place(d["w"], home.slot)
                 home.bad[...] = self.device.place(d["bad"], home.slot)
         self.version = int(d["version"])
+        if self.tables is not None:
+            self.tables.load_state_dict(d["tables"])
         for sh in self.shards:
             prefix = f"shard{sh.index}."
             sh.step = int(d[prefix + "step"])

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .columns import Columns
 from .flat import Layout
 
 
@@ -111,12 +112,13 @@ class Worker(Accounts):
                  layout: Layout, server: Any, upd: Callable, hp: dict, rule: Any,
                  batchsize: int, push: str, alias: bool = False, concurrent: bool = True,
                  check_finite: bool = True, keep_state: bool = False, pull_unlocked: bool = False,
-                 tail: Callable[[], None] | None = None, tolerate: int | None = None):
+                 tail: Callable[[], None] | None = None, tolerate: int | None = None, tables: Any = None):
         """``alias``: compute on the server's parameters (no replica); ``concurrent``: a thread
         of its own on the CPU; ``keep_state``: a skipped push undoes its local updates;
         ``pull_unlocked`` / ``tail``: device work before / after each interval (HOGWILD's
         unlocked pull, and its push applied by the worker itself), captured with it;
-        ``tolerate``: on_worker_error="drop": failures it may have (None: a failure stops the run)."""
+        ``tolerate``: on_worker_error="drop": failures it may have (None: a failure stops the run);
+        ``tables``: its :class:`gpups.tables.TableClient` when the model has sparse tables."""
         self.j, self.device, self.layout, self.server = j, device, layout, server
         self.upd, self.rule, self.push = upd, rule, push
         # what upd is given: the hyperparameters, plus who calls and how far it is (a Dropout
@@ -126,6 +128,7 @@ class Worker(Accounts):
         self.check_finite = check_finite
         self.keep_state = keep_state  # nonfinite="skip": a skipped push undoes its local updates
         self.tolerate, self.failures = tolerate, 0
+        self.tables = tables
         self.slot = device.worker_slot(j)
         xs, ys = features[rows], labels[rows]  # (where the data lies; placed on the slot below)
         with device.on(self.slot):
@@ -155,7 +158,7 @@ class Worker(Accounts):
         self.stream = device.worker_stream(j, concurrent)
         # alias: compute on the home's parameters directly (BSP, HOGWILD; one step per push)
         self.replica = home.w if alias else xp.empty_like(home.w)
-        self.params = layout.views(self.replica, readonly=True)  # upd must not write them
+        self.params = self.with_tables(layout.views(self.replica, readonly=True))  # upd must not write them
         self.payload = home.G[j]
         self.bad = home.bad   # non-finite flags (row 0: skip this push; see server.Home)
         self.send = server.sender(j)  # device work sending the push to shards on other devices
@@ -180,7 +183,12 @@ class Worker(Accounts):
     def compute_on(self, flat: Any = None) -> None:
         """Compute the next intervals on ``flat`` (parameters pulled elsewhere, read-only)
         instead of the replica; None: on the replica again."""
-        self.params = self.layout.views(self.replica if flat is None else flat, readonly=True)
+        self.params = self.with_tables(self.layout.views(self.replica if flat is None else flat, readonly=True))
+
+    def with_tables(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The dense views, plus a :class:`~gpups.tables.TableView` per sparse table."""
+        tables = getattr(self, "tables", None)
+        return params if tables is None else {**params, **tables.views}
 
     def start_epoch(self) -> None:
         """On the worker's stream: the batch counter and the device loss sum back to 0."""
@@ -250,7 +258,8 @@ class Worker(Accounts):
         partition on its device; graphs of the old shapes go."""
         xp = self.device.xp
         with self.device.on(self.slot):
-            self.X = xp.concatenate([self.X, self.device.place(X, self.slot)])
+            more = self.device.place(X, self.slot)
+            self.X = Columns.concatenate([self.X, more], xp) if isinstance(more, Columns) else xp.concatenate([self.X, more])
             self.y = xp.concatenate([self.y, self.device.place(y, self.slot).astype(self.y.dtype, copy=False)])
         self.n = int(self.X.shape[0])
         self.batches = math.ceil(self.n / self.batchsize)
@@ -272,6 +281,8 @@ class Worker(Accounts):
             self.head()
         if self.check_finite and graph is None:  # (a graph's batch gather clears it)
             self.bad[0, self.j] = 0
+        if self.tables is not None:
+            self.tables.begin(local)
         if local:
             for slot, saved in self.saved_state.items():
                 kernels.copy(saved, self.local_state[slot])
@@ -297,6 +308,9 @@ class Worker(Accounts):
             self.device.xp.subtract(self.replica, self.base, out=self.payload)
         if self.check_finite:
             kernels.flag_nonfinite(self.payload, self.bad, self.j, self.counter)
+        if self.tables is not None and not self.tables.finish(self.push) and self.check_finite:
+            self.flag_tables()
+        if self.check_finite:
             if local and self.keep_state:
                 for slot, saved in self.saved_state.items():
                     kernels.restore_if_flagged(self.local_state[slot], saved, self.bad, self.j)
@@ -310,13 +324,36 @@ class Worker(Accounts):
     def step(self, x: Any, y: Any, direct: bool, local: bool, s: int = 0) -> None:
         """One batch: gradient into the payload (``direct``) or added to it; local update."""
         target = self.payload if direct else self.grad
-        self._gradient(x, y, target)
+        grads = self._gradient(x, y, target)
         if self.push == "gradients" and not direct:
             self.payload += self.grad
         if local:
             self._local_update(target, self.local_step + s + 1)
+        if self.tables is not None:
+            self._table_step(grads, local)
 
-    def _gradient(self, x: Any, y: Any, target: Any) -> None:
+    def _table_step(self, grads: Any, local: bool) -> None:
+        from .tables import RowGrad
+
+        for name in self.tables.views:
+            g = grads[name]
+            if not isinstance(g, RowGrad):
+                raise ValueError(f"upd returned a {type(g).__name__} for the sparse table {name!r}; "
+                                 "a table's gradient is a gpups.RowGrad on every batch")
+            u, v = self.tables.take(name, g)
+            if local:
+                self.tables.local_step(name, u, v, self.rule.hp["lr"])
+
+    def flag_tables(self) -> None:
+        """A table push holding NaN/Inf: flagged as the dense kernels flag a payload."""
+        j, stamp = self.j, int(self.counter[0])
+        if self.bad[0, j] == 0:
+            self.bad[0, j] = stamp
+            self.bad[1, j] += 1
+        if self.bad[2, j] == 0:
+            self.bad[2, j] = stamp
+
+    def _gradient(self, x: Any, y: Any, target: Any) -> Any:
         views = self.grad_views if target is self.grad else self.payload_views
         try:
             grads, loss = call_upd(self.upd, self.wants_out, self.params, x, y, self.hp, views)
@@ -339,6 +376,7 @@ class Worker(Accounts):
                 self.device.xp.add(self.loss_dev, loss, out=self.loss_dev)
             else:
                 self.loss_host += float(loss)
+        return grads
 
     def _local_update(self, g: Any, step: int) -> None:
         self.rule.apply(self.device.kernels, True, g[None, :], self.one, self.nobad, 1.0, self.replica,

@@ -3,8 +3,9 @@
 from .base import Model
 from .cnn import LeNet
 from .dense import MLP, LinearRegression, SoftmaxRegression
+from .dlrm import DLRM
 
-__all__ = ["Model", "LinearRegression", "SoftmaxRegression", "MLP", "LeNet", "for_data", "check_spec", "SPECS"]
+__all__ = ["Model", "LinearRegression", "SoftmaxRegression", "MLP", "LeNet", "DLRM", "for_data", "check_spec", "SPECS"]
 
 SPECS = ("softmax", "mlp", "mlp:SIZES", "linear", "lenet")
 
