@@ -102,3 +102,13 @@ def test_own_model_example_reaches_its_accuracy():
                           text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout.split("validation accuracy")[1].split()[0]) >= 0.95
+
+
+def test_ctr_example_comes_close_to_the_ceiling():
+    """examples/ctr.py: DLRM with sparse tables within 0.05 AUC of the hidden model's own."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "ctr.py"), "30000", "300"],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got, ceiling = (float(v) for v in proc.stdout.split("val AUC ")[1].split(" (the hidden model's: ")[:1]
+                    + [proc.stdout.split("the hidden model's: ")[1].split(")")[0]])
+    assert got > ceiling - 0.05, proc.stdout
