@@ -235,9 +235,9 @@ def dry_run(dev: Any, layout: Layout, init: Any, X: Any, y: Any, rows: np.ndarra
                          "gradients (the server owns the parameters; change them in agg)")
     from .tables import RowGrad
 
-    if tables:
+    if isinstance(grads, Mapping) and tables:
         grads = {name: g for name, g in grads.items() if name not in tables}
-    stray = [name for name, g in grads.items() if isinstance(g, RowGrad)]
+    stray = [name for name, g in grads.items() if isinstance(g, RowGrad)] if isinstance(grads, Mapping) else []
     if stray:
         raise ValueError(f"upd returned a gpups.RowGrad for {stray[0]!r}, but features is one array: a sparse table "
                          "reads integer ids, given as named columns (features={'dense': ..., 'ids': ...})")
