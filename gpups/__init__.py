@@ -21,12 +21,12 @@ def ray_shutdown() -> None:
 
     shutdown()
 
-_SUBMODULES = ("datasets", "models", "nn", "bench", "checkpoint", "options", "ray_backend")
+_SUBMODULES = ("datasets", "models", "nn", "bench", "checkpoint", "options", "ray_backend", "torch")
 
 
 def __getattr__(name: str):
     """``gpups.datasets``, ``gpups.nn``, ... without importing them first (imported on first use:
-    ``ray_backend`` needs Ray, ``bench`` matplotlib for its plots)."""
+    ``ray_backend`` needs Ray, ``torch`` PyTorch, ``bench`` matplotlib for its plots)."""
     if name in _SUBMODULES:
         import importlib
 

@@ -434,6 +434,8 @@ def bench_parser(sub: Any) -> None:
     g.add_argument("--quick", action="store_true", help="small grid, under a minute on 2 CPU cores")
     g.add_argument("--gpu", action="store_true", help="DESIGN.md's headline scenarios on the GPU")
     g.add_argument("--scaling", action="store_true", help="samples/s as k and the model grow")
+    g.add_argument("--torch", action="store_true",
+                   help="LeNet as a torch.nn.Module through gpups.torch beside PyTorch's own loop (needs torch)")
     g.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="ratio of two runs")
     p.add_argument("--models", default="mlp:784-128-10", help="comma list: softmax, lenet, mlp:784-128-10")
     p.add_argument("--data", default="synthetic:8000", help="comma list: synthetic:N[:D], mnist5k, digits")
@@ -471,6 +473,8 @@ def main(args: Any) -> dict[str, Any] | None:
     if args.compare:
         print(compare(*args.compare))
         return None
+    if args.torch:
+        return torch_main(args)
     from .device import cuda_available
 
     gpu = cuda_available() if args.device == "auto" else args.device != "cpu"
@@ -500,4 +504,25 @@ def main(args: Any) -> dict[str, Any] | None:
             f"{k} {v:,.3g}" for k, v in base.items() if isinstance(v, float)))
     written = plots(results, args.out)
     print(f"wrote {path}" + "".join(f", {p}" for p in written))
+    return doc
+
+
+def torch_main(args: Any) -> dict[str, Any]:
+    """``gpups bench --torch``: :mod:`gpups.bench_torch`'s lines, a table and ``torch.json``."""
+    from .bench_torch import run as run_torch_lines
+    from .bench_torch import table as torch_table
+    from .cli import ints
+
+    data = args.data.split(",")[0]
+    batch = ints("--batch", args.batch)[0]
+    lines = run_torch_lines(data=data, batch=batch, epochs=args.epochs,
+                            report=lambda i, n, label: progress(i, n, label))
+    doc = {"schema": SCHEMA, "preset": "torch", "machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "data": data, "batchsize": batch, "epochs": args.epochs, "lines": lines}
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "torch.json")
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1, default=float)
+    print(torch_table(lines))
+    print(f"wrote {path}")
     return doc

@@ -86,3 +86,17 @@ def cli_args(argv):
     sub = p.add_subparsers(dest="command")
     bench.bench_parser(sub)
     return p.parse_args(argv)
+
+
+def test_torch_lines_run_and_k1_is_pytorchs_own_arithmetic(tmp_path, capsys):
+    """gpups bench --torch: every line runs; at k=1 the adapter is PyTorch's SGD-momentum loop, so
+    the two reach the same validation accuracy on the same batches."""
+    pytest.importorskip("torch")
+    assert cli.main(["bench", "--torch", "--data", "synthetic:192", "--epochs", "1", "--batch", "32",
+                     "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "torch.json").read_text())
+    lines = {r["line"]: r for r in doc["lines"]}
+    assert len(lines) == 6 and all(r["samples_per_s"] > 0 for r in lines.values())
+    assert lines["gpups.torch k=1 BSP"]["val_accuracy"] == lines["PyTorch loop (SGD momentum)"]["val_accuracy"]
+    assert doc["preset"] == "torch" and doc["batchsize"] == 32
+    assert "vs PyTorch" in capsys.readouterr().out

@@ -112,3 +112,14 @@ def test_ctr_example_comes_close_to_the_ceiling():
     got, ceiling = (float(v) for v in proc.stdout.split("val AUC ")[1].split(" (the hidden model's: ")[:1]
                     + [proc.stdout.split("the hidden model's: ")[1].split(")")[0]])
     assert got > ceiling - 0.05, proc.stdout
+
+
+def test_torch_module_example_trains_and_exports():
+    """examples/torch_module.py: a torch.nn.Module under SSP k=2; the exported module agrees."""
+    pytest.importorskip("torch")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "torch_module.py")], capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = proc.stdout.split("validation accuracy ")[1]
+    acc, exported = float(got.split()[0]), float(got.split("exported module: ")[1].split(")")[0])
+    assert acc >= 0.88 and exported == acc, proc.stdout
