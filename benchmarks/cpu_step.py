@@ -1,5 +1,6 @@
 """CPU speed: one training step of MLP 784-512-512-10 (batch 256, SGD momentum) in gpups (k=1)
-beside PyTorch's eager loop and a plain numpy loop, plus the SystemDS paramserv configurations.
+beside PyTorch's eager loop and a plain numpy loop; LeNet (batch 64) in gpups at k=1 and k=2 BSP
+beside the same network in PyTorch's own loop; plus the SystemDS paramserv configurations.
 
 Each contender runs in its own process (so BLAS/OpenMP thread pools do not interfere), the
 contenders alternate for ``--rounds`` rounds, and the median samples/s is reported.
@@ -117,8 +118,38 @@ def run_systemds_lenet():
     return statistics.median(r["samples_per_s"] for r in res.history[1:]), None
 
 
+def _lenet_data():
+    from gpups import datasets
+
+    d = datasets.mnist5k(image=True)
+    return d.X[:2048].reshape(-1, 1, 28, 28), d.y[:2048]
+
+
+def run_lenet_gpups(k):
+    """gpups' LeNet (numba kernels), batch 64, SGD momentum, k workers BSP."""
+    import gpups
+    from gpups.models import LeNet
+
+    X, y = _lenet_data()
+    net = LeNet()
+    res = gpups.paramserv(net.init(0), X, y, upd=net.gradients, agg="momentum", k=k, batchsize=64, epochs=3,
+                          hyperparams={"lr": 0.01, "momentum": 0.9}, progress=False, device="cpu")
+    return statistics.median(r["samples_per_s"] for r in res.history[1:])
+
+
+def run_lenet_torch():
+    """The same LeNet as a torch.nn.Module in PyTorch's own loop, the same batches."""
+    from gpups.bench_torch import lenet_module, plain_torch
+
+    X, y = _lenet_data()
+    return plain_torch(lenet_module(), X, y, X[:256], y[:256], 64, 0.01, 3)["samples_per_s"]
+
+
 CONTENDERS = {"gpups": run_gpups, "torch": run_torch, "numpy": run_numpy,
-              "systemds_mlp": run_systemds_mlp, "systemds_lenet": run_systemds_lenet}
+              "systemds_mlp": run_systemds_mlp, "systemds_lenet": run_systemds_lenet,
+              "lenet_gpups_k1": lambda: run_lenet_gpups(1), "lenet_gpups_k2": lambda: run_lenet_gpups(2),
+              "lenet_torch": run_lenet_torch}
+LENET = ("lenet_gpups_k1", "lenet_gpups_k2", "lenet_torch")
 
 
 def child(name):
@@ -136,9 +167,9 @@ def main():
         return child(args.only)
     try:
         import torch  # noqa: F401
-        names = ["gpups", "torch", "numpy"]
+        names = ["gpups", "torch", "numpy", *LENET]
     except ImportError:
-        names = ["gpups", "numpy"]
+        names = ["gpups", "numpy", *LENET[:2]]
     runs = {n: [] for n in names}
     for r in range(args.rounds):
         for n in names:
@@ -148,6 +179,7 @@ def main():
             runs[n].append(json.loads(proc.stdout.strip().splitlines()[-1])["value"])
             print(f"round {r + 1}: {n:6} {runs[n][-1]:10,.0f} samples/s", file=sys.stderr, flush=True)
     med = {n: statistics.median(v) for n, v in runs.items()}
+    lenet = {n: med.pop(n) for n in LENET if n in med}
     extra = {}
     for n in ("systemds_mlp", "systemds_lenet"):
         proc = subprocess.run([sys.executable, __file__, "--only", n], capture_output=True, text=True)
@@ -157,6 +189,7 @@ def main():
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "python": platform.python_version(), "numpy": np.__version__},
               "mlp_784_512_512_10_bs256_momentum_samples_per_s": med, "rounds": runs,
+              "lenet_mnist5k_bs64_momentum_samples_per_s": lenet,
               "systemds_configs": {"mlp_784_200_10_bs64_k2_bsp_sgd": {"samples_per_s": extra["systemds_mlp"][0],
                                                                       "val_accuracy_5_epochs": extra["systemds_mlp"][1],
                                                                       "systemds_3_4_reference": "13-15 k samples/s, 0.91"},
@@ -170,6 +203,11 @@ def main():
         print(f"  {n:8} {v:10,.0f} samples/s   {v / med['gpups']:5.2f}x of gpups")
     if "torch" in med:
         print(f"  gpups / torch = {med['gpups'] / med['torch']:.2f}")
+    if lenet:
+        print(f"LeNet (conv 32, 64, dense 512) bs64 momentum on mnist5k (median of {args.rounds} rounds)")
+        for n, v in lenet.items():
+            vs = f"   {v / lenet['lenet_torch']:5.2f}x of PyTorch" if "lenet_torch" in lenet else ""
+            print(f"  {n:15} {v:8,.0f} samples/s{vs}")
     m, a = extra["systemds_mlp"]
     print(f"SystemDS config MLP 784-200-10 bs64 k=2 BSP: {m:,.0f} samples/s, val acc {a:.3f} "
           f"(SystemDS 3.4: 13-15 k, 0.91)")
