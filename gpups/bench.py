@@ -92,7 +92,8 @@ def mlp_sizes(params: int, d: int = 784, classes: int = 10) -> str:
 
 
 # -- one scenario -----------------------------------------------------------------------------
-def run_scenario(sc: Scenario) -> dict[str, Any]:
+def run_scenario(sc: Scenario, trace: str | None = None) -> dict[str, Any]:
+    """One scenario's figures; ``trace``: also write its timeline there (``paramserv(trace=...)``)."""
     import gpups
 
     from . import datasets, models
@@ -106,18 +107,18 @@ def run_scenario(sc: Scenario) -> dict[str, Any]:
     policy = sync.resolve(sc.utype).typical()  # (SSP: staleness 2, SBP: 1 backup worker)
     gc.collect()
     pool = _device_pool(dev)
-    trace = dev.host_memory  # on a GPU tracing every host allocation slows the async scheduler
-    if trace:
+    traced = dev.host_memory  # on a GPU tracing every host allocation slows the async scheduler
+    if traced:
         tracemalloc.start()
     t0 = time.perf_counter()
     res = gpups.paramserv(net.init(0, device="cuda" if not dev.host_memory else "cpu"), X, y,
                           upd=net.gradients, agg=sc.agg, utype=policy, freq=sc.freq,
                           nbatches=2 if sc.freq == "NBATCHES" else 1, k=sc.k, servers=sc.servers,
                           batchsize=sc.batchsize, epochs=sc.epochs, hyperparams={"lr": sc.lr},
-                          val_features=Xv, val_labels=yv, device=sc.device, progress=False)
+                          val_features=Xv, val_labels=yv, device=sc.device, progress=False, trace=trace)
     wall = time.perf_counter() - t0
     host_peak = None
-    if trace:
+    if traced:
         host_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     hist = res.history
@@ -150,6 +151,7 @@ def run_scenario(sc: Scenario) -> dict[str, Any]:
         "peak_device_bytes": _device_peak(pool),
         "wall_seconds": wall,
         "graphs": res.graphs,
+        "trace": trace,
         "history": hist,
     }
 
@@ -448,6 +450,8 @@ def bench_parser(sub: Any) -> None:
     p.add_argument("--target", type=float, default=0.8)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--trace", action="store_true",
+                   help="write each scenario's timeline (traces/N.trace.json) and its Gantt chart and staleness PNGs")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and plots")
 
 
@@ -483,9 +487,16 @@ def main(args: Any) -> dict[str, Any] | None:
         raise ValueError("--gpu needs CuPy and a CUDA device; use --quick or --scaling on the CPU")
     scenarios = grid(args) if preset == "grid" else presets(preset, gpu)
     results = []
+    traces = os.path.join(args.out, "traces")
+    if args.trace:
+        os.makedirs(traces, exist_ok=True)
     for i, sc in enumerate(scenarios):
         progress(i, len(scenarios), sc.id)
-        results.append(run_scenario(sc))
+        results.append(run_scenario(sc, os.path.join(traces, f"{i}.trace.json") if args.trace else None))
+        if args.trace:
+            from .trace import plot as plot_trace
+
+            results[-1]["trace_pngs"] = plot_trace(results[-1]["trace"], os.path.join(traces, f"{i}.png"))
     progress(len(scenarios), len(scenarios), "done")
     base = None
     if not args.no_baselines:

@@ -10,7 +10,6 @@ import numpy as np
 from .flat import Layout
 from .optim import make_rule
 from .server import ParamServer
-from .trace import WORKERS
 from .worker import Worker
 
 
@@ -82,17 +81,12 @@ class LocalBackend:
     def start(self, j: int, nsteps: int, epoch: int, pulled: list | None) -> Any:
         w = self.workers[j]
         w.pulled = self.server.version
-        mark = self.trace is not None and not self.device.async_launch
-        if mark:
-            began: list[float] = []
-            w.stream.launch(lambda: began.append(self.trace.now()))
+        launched = self.trace.now() if self.trace is not None and not self.device.async_launch else None
         for ev in self.server.pull(w.replica, w.slot) if pulled is None else pulled:
             w.stream.wait_event(ev)
-        if mark:
-            w.stream.launch(lambda: self.trace.span(WORKERS, j, "pull wait", began[0], self.trace.now()))
         if w.base is not None:
             w.stream.launch(w.snapshot_base)
-        w.stream.launch(w.run, nsteps, epoch)
+        w.stream.launch(w.run, nsteps, epoch, launched)
         return w.stream.record()
 
     def start_unlocked(self, j: int, nsteps: int, epoch: int, scale: float) -> None:

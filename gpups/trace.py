@@ -5,14 +5,14 @@ One track per worker ("pull wait", "interval"), one per server shard ("apply", "
 counter tracks for each worker's staleness and the epoch's samples/s. Spans come from host
 clocks where the work runs on the host (the CPU device: worker threads, inline shard updates);
 a run on a GPU or on Ray records the scheduler's side only (its intervals' launch to completion
-is not timed per step: that would cost a device sync per push). Recording is a list append;
+is not timed per step: that would cost a device sync per push). Recording is one list append
+of a tuple (the events are made when the file is written);
 without ``trace=`` nothing is recorded.
 """
 from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from typing import Any
 
@@ -24,8 +24,8 @@ class Trace:
 
     def __init__(self, path: str, k: int, shards: int):
         self.path, self.t0 = path, time.perf_counter()
-        self.events: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
+        self.events: list[dict[str, Any]] = []  # metadata: the tracks' names
+        self.raw: list[tuple] = []  # spans and counters as recorded, made events by write()
         meta = [(WORKERS, "workers"), (SERVER, "server shards"), (RUN, "run")]
         for pid, name in meta:
             self.events.append({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": name}})
@@ -43,22 +43,27 @@ class Trace:
         return round((t - self.t0) * 1e6, 3)
 
     def span(self, pid: int, tid: int, name: str, t0: float, t1: float, **args: Any) -> None:
+        self.raw.append((pid, tid, name, t0, t1, args))  # (list.append is atomic: no lock on the hot path)
+
+    def counter(self, name: str, t: float, **values: float) -> None:
+        self.raw.append((RUN, None, name, t, None, values))
+
+    def _event(self, rec: tuple) -> dict[str, Any]:
+        pid, tid, name, t0, t1, args = rec
+        if t1 is None:
+            return {"name": name, "ph": "C", "pid": pid, "ts": self._us(t0), "args": args}
         ev = {"name": name, "ph": "X", "pid": pid, "tid": tid, "ts": self._us(t0), "dur": round((t1 - t0) * 1e6, 3)}
         if args:
             ev["args"] = args
-        with self.lock:
-            self.events.append(ev)
-
-    def counter(self, name: str, t: float, **values: float) -> None:
-        with self.lock:
-            self.events.append({"name": name, "ph": "C", "pid": RUN, "ts": self._us(t), "args": values})
+        return ev
 
     def write(self) -> str:
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"traceEvents": self.events, "displayTimeUnit": "ms"}, f)
+            json.dump({"traceEvents": self.events + [self._event(r) for r in list(self.raw)],
+                       "displayTimeUnit": "ms"}, f)
         os.replace(tmp, self.path)
         return self.path
 

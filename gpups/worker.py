@@ -142,6 +142,7 @@ class Worker(Accounts):
         self.where = ""      # for error messages: epoch and batch being run
         self.reset_stats()
         self.trace: Any = None  # a gpups.trace.Trace, when the run records a timeline
+        self.traced_end = 0.0   # when its last traced interval ended
         self.graphs = device.step_graphs(self)  # GPU: CUDA graphs of its intervals (None: eager)
 
     def _build(self, xs: Any, ys: Any, layout: Layout, server: Any, rule: Any,
@@ -200,10 +201,15 @@ class Worker(Accounts):
     def snapshot_base(self) -> None:
         self.base[...] = self.replica
 
-    def run(self, nsteps: int, epoch: int) -> None:
+    def run(self, nsteps: int, epoch: int, launched: float | None = None) -> None:
         """``nsteps`` local steps, leaving the payload in its home's ``G[j]`` (host bookkeeping here,
-        device work in :meth:`interval`, eagerly or as a CUDA graph replay)."""
+        device work in :meth:`interval`, eagerly or as a CUDA graph replay). ``launched``: when the
+        scheduler queued it (traced on a host stream: the wait before it is the pull wait)."""
         t0 = time.perf_counter() if self.trace is not None else 0.0
+        if launched is not None:  # (waiting began when it was queued or the stream's last interval ended)
+            began = max(launched, self.traced_end)
+            if t0 > began:
+                self.trace.span(1, self.j, "pull wait", began, t0)
         full = (self.cursor + nsteps) * self.batchsize <= self.n
         b0 = self.account(nsteps, epoch)
         if self.out:  # dropped this epoch: its remaining intervals push nothing
@@ -221,7 +227,8 @@ class Worker(Accounts):
             self.loss_count += nsteps
         self.local_step += nsteps if self.push == "model" else nsteps - 1
         if self.trace is not None:  # (on a GPU: the launch, not the work)
-            self.trace.span(1, self.j, "interval", t0, time.perf_counter(), batches=nsteps, first=b0 + 1)
+            self.traced_end = time.perf_counter()
+            self.trace.span(1, self.j, "interval", t0, self.traced_end, batches=nsteps, first=b0 + 1)
 
     def discard(self) -> None:
         """This interval's push is not applied: its skip flag is set (neither counted as a

@@ -1,5 +1,7 @@
 """`gpups bench`: the quick preset runs on the CPU and its JSON holds every figure."""
+import importlib.util
 import json
+import os
 
 import pytest
 
@@ -100,3 +102,20 @@ def test_torch_lines_run_and_k1_is_pytorchs_own_arithmetic(tmp_path, capsys):
     assert lines["gpups.torch k=1 BSP"]["val_accuracy"] == lines["PyTorch loop (SGD momentum)"]["val_accuracy"]
     assert doc["preset"] == "torch" and doc["batchsize"] == 32
     assert "vs PyTorch" in capsys.readouterr().out
+
+
+def test_trace_writes_each_scenarios_timeline_and_pictures(tmp_path):
+    """gpups bench --trace: a trace file per scenario, counting that scenario's pushes."""
+    from gpups.trace import load
+
+    assert cli.main(["bench", "--models", "softmax", "--data", "synthetic:600:16", "--utypes", "BSP,ASP",
+                     "--k", "2", "--epochs", "2", "--device", "cpu", "--no-baselines", "--trace",
+                     "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert len(doc["scenarios"]) == 2
+    for i, r in enumerate(doc["scenarios"]):
+        assert r["trace"] == str(tmp_path / "traces" / f"{i}.trace.json")
+        intervals = [e for e in load(r["trace"]) if e.get("name") == "interval"]
+        assert len(intervals) == sum(sum(h["pushes"]) for h in r["history"])
+        if importlib.util.find_spec("matplotlib"):  # (the plot extra: a Gantt chart, and staleness where it varies)
+            assert r["trace_pngs"] and all(os.path.getsize(p) > 1000 for p in r["trace_pngs"])

@@ -42,6 +42,12 @@ def test_the_trace_has_a_track_per_worker_and_shard_and_counts_the_pushes(tmp_pa
         assert count["staleness"] == pushes
     spans = [e for e in events if e.get("ph") == "X"]
     assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in spans)
+    if utype != "HOGWILD":  # (a pull before each interval; HOGWILD reads the live parameters)
+        waits = [e for e in spans if e["name"] == "pull wait"]
+        assert {e["tid"] for e in waits} == {0, 1, 2} and len(waits) <= pushes
+        for j in range(3):  # a worker's pull waits and intervals do not overlap
+            mine = sorted((e["ts"], e["ts"] + e["dur"]) for e in spans if e["pid"] == 1 and e["tid"] == j)
+            assert all(a[1] <= b[0] + 1e-3 for a, b in zip(mine, mine[1:]))
 
 
 def test_the_cli_writes_the_trace_and_its_pictures(tmp_path):
