@@ -18,6 +18,7 @@ eagerly: a PyTorch module is never captured in gpups' CUDA graphs.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from typing import Any, Callable
@@ -53,21 +54,10 @@ def _tensor(a: Any) -> torch.Tensor:
 def _stream_of(a: Any) -> Any:
     """A torch stream context on CuPy's current stream for a CuPy array, else a no-op context."""
     if not _is_cupy(a):
-        return _NoStream
+        return contextlib.nullcontext()
     import cupy
 
     return torch.cuda.stream(torch.cuda.ExternalStream(cupy.cuda.get_current_stream().ptr))
-
-
-class _NoContext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-_NoStream = _NoContext()
 
 
 class _WorkerState:
@@ -170,8 +160,9 @@ class TorchUpd:
         calls = [st.module for key, st in self._states.items() if key is None]  # (upd called outside a run)
         states = runs or calls or [self.template]
         merged = {}
-        for name, b in states[0].named_buffers():
-            all_b = [dict(m.named_buffers())[name].detach() for m in states]
+        per_state = [dict(m.named_buffers()) for m in states]
+        for name, b in per_state[0].items():
+            all_b = [bufs[name].detach() for bufs in per_state]
             if b.is_floating_point():
                 merged[name] = torch.stack(all_b).mean(0)
             else:
@@ -185,8 +176,9 @@ class TorchUpd:
             for name, p in m.named_parameters():
                 if name in params:
                     p.copy_(_tensor(params[name]).to(p.device))
+            merged = self.buffers()
             for name, b in m.named_buffers():
-                b.copy_(self.buffers()[name].to(b.device))
+                b.copy_(merged[name].to(b.device))
         return m.eval()
 
 
