@@ -167,11 +167,7 @@ def _trace(v: Any, ctx: Any) -> str | None:
 
 
 def _on_worker_error(v: Any, ctx: Any) -> str:
-    mode = checks.choice("on_worker_error", v, ON_WORKER_ERROR)
-    if mode == "drop" and ctx.backend == "ray":
-        raise option_error("on_worker_error", v, "'stop' with backend='ray' (Ray restarts a dead actor itself; "
-                           "dropping workers is built for the local backend)")
-    return mode
+    return checks.choice("on_worker_error", v, ON_WORKER_ERROR)
 
 
 def _table_agg(v: Any, ctx: Any) -> str | None:
@@ -269,7 +265,8 @@ class Options:
     on_worker_error: str = option("stop", "a worker whose `upd` raises: `stop` the run with its error, or `drop`: log "
                                   "it, discard that push and retry from the worker's next interval; one failure past "
                                   "`max_worker_failures` and the run goes on without it (its rows dealt to the others "
-                                  "from the next epoch; `Result.dropped`)", _on_worker_error, cli={},
+                                  "from the next epoch; `Result.dropped`). With `backend='ray'` a worker actor that dies past Ray's restarts "
+                                  "leaves the run too, and that epoch is done again without it", _on_worker_error, cli={},
                                   values="`stop`, `drop`")
     max_worker_failures: int = option(2, "with `on_worker_error='drop'`: failures a worker may have and stay",
                                       _int("max_worker_failures", 0), cli={"type": int}, values="int >= 0")

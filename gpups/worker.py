@@ -108,6 +108,8 @@ class Accounts:
 
 
 class Worker(Accounts):
+    log: Callable[[str], None] | None = None  # where a failure is told (None: stderr; a Ray actor keeps it)
+
     def __init__(self, j: int, device: Any, features: Any, labels: Any, rows: np.ndarray,
                  layout: Layout, server: Any, upd: Callable, hp: dict, rule: Any,
                  batchsize: int, push: str, alias: bool = False, concurrent: bool = True,
@@ -256,7 +258,7 @@ class Worker(Accounts):
         self.discard()
         left = (self.tolerate or 0) - self.failures
         self.out = left < 0
-        log(f"gpups: worker {self.j} failed in epoch {self.epoch + 1}, batch {self.at + 1} "
+        (self.log or log)(f"gpups: worker {self.j} failed in epoch {self.epoch + 1}, batch {self.at + 1} "
             f"({type(exc).__name__}: {exc}); its push is discarded "
             + ("and the run goes on without it" if self.out else f"({left} more failure(s) allowed)"))
 

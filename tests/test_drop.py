@@ -140,11 +140,9 @@ def test_stop_is_the_default_and_names_the_worker(mode):
         run(failing(net, 1, 2, batches), net, X, y, **mode)
 
 
-def test_drop_is_refused_with_ray_and_the_count_is_checked():
+def test_bad_drop_options_are_named():
     X, y = problem()
     net = small_net()
-    with pytest.raises(ValueError, match="on_worker_error"):
-        run(net.gradients, net, X, y, on_worker_error="drop", backend="ray")
     with pytest.raises(ValueError, match="on_worker_error"):
         run(net.gradients, net, X, y, on_worker_error="skip")
     with pytest.raises(ValueError, match="max_worker_failures"):

@@ -532,3 +532,81 @@ def test_a_local_checkpoint_resumes_on_ray_with_other_workers_and_shards(ray_ses
                 resume=True, **kw)
     assert_models_close(on_ray.model, local.model, rtol=1e-12, atol=1e-14)
     assert on_ray.history[1]["resumed_with"] == {"k": [3, 2], "servers": [1, 2]}
+
+
+# -- on_worker_error="drop" ----------------------------------------------------------------
+@pytest.mark.parametrize("mode", [dict(utype="BSP"), dict(utype="ASP"), dict(utype="SSP", staleness=1),
+                                  dict(utype="HOGWILD")], ids=lambda m: m["utype"])
+def test_drop_on_ray_matches_the_local_backend(ray_session, mode, capfd):
+    """A worker whose upd raises from epoch 2 on is dropped after its allowance, as locally:
+    the same failures, workers alive, pushes and samples per epoch, one line per failure."""
+    from test_drop import failing, problem, sizes
+
+    X, y = problem()
+    net = small_net()
+    batches = [-(-s // 10) for s in sizes()]
+    kw = dict(device="cpu", progress=False, k=3, batchsize=10, freq="BATCH", epochs=3, hyperparams={"lr": 0.1},
+              on_worker_error="drop", max_worker_failures=2, **mode)
+    local = gpups.paramserv(net.init(0, dtype=np.float64), X, y, upd=failing(net, 1, 2, batches), **kw)
+    capfd.readouterr()
+    res = gpups.paramserv(net.init(0, dtype=np.float64), X, y, upd=failing(net, 1, 2, batches), backend="ray", **kw)
+    assert res.dropped == local.dropped == [1]
+    for key in ("failures", "alive", "pushes", "samples"):
+        assert [r[key] for r in res.history] == [r[key] for r in local.history], key
+    err = capfd.readouterr().err
+    assert err.count("gpups: worker 1 failed in epoch 2, batch ") == 3
+    assert "gpups: worker 1 failed in epoch 2, batch 1 (RuntimeError: disk gone on worker 1)" in err
+    assert err.count("the run goes on without it") == 1
+    if mode["utype"] == "BSP":  # (a BSP run is the same on both backends)
+        assert_models_close(res.model, local.model, rtol=1e-10, atol=1e-12)
+
+
+def killing_worker(net, who, marker):
+    """net.gradients, except that worker ``who``'s process kills itself while ``marker`` exists
+    (so every restart of it dies too)."""
+    def upd(params, x, y, hp, out=None):
+        if hp.get("worker") == who and os.path.exists(marker):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return net.gradients(params, x, y, hp, out=out)
+    return upd
+
+
+def mark_after_epoch(runs, epoch, marker):
+    """A thread that creates ``marker`` once this run has finished ``epoch`` epochs."""
+    def watch():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if runs and len(runs[0].history) >= epoch:
+                open(marker, "w").close()
+                return
+            time.sleep(0.005)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("utype,checkpoint", [("BSP", False), ("ASP", True)])
+def test_a_worker_past_rays_restarts_is_dropped(ray_session, blobs, tmp_path, live_runs, utype, checkpoint, capfd):
+    """Worker 1's process dies at every call from epoch 2 on: once Ray's restarts are used up it
+    leaves the run, the epoch is done again by worker 0 (from the checkpoint, or from where the
+    server is), its rows go to worker 0, and the run ends trained."""
+    X, y = blobs
+    net = small_net()
+    marker = str(tmp_path / "die")
+    t = mark_after_epoch(live_runs, 1, marker)
+    params = net.init(0, dtype=np.float64)
+    res = run(ray_session, params, X, y, "ray", upd=killing_worker(net, 1, marker), utype=utype, k=2,
+              batchsize=10, epochs=3, on_worker_error="drop",
+              checkpoint=str(tmp_path / "ck") if checkpoint else None)
+    t.join()
+    h = res.history
+    assert res.dropped == [1]
+    assert [r["epoch"] for r in h] == [1, 2, 3]
+    assert [r["alive"] for r in h] == [2, 1, 1]
+    assert h[1]["failures"] == [0, 1] and h[1]["recovery_seconds"] > 0
+    # epoch 2 done again by worker 0 alone, worker 1's 120 rows dealt to it
+    assert h[1]["pushes"] == h[2]["pushes"] == [24, 0] and h[1]["samples"] == h[2]["samples"] == 240
+    assert net.evaluate(res.model, X, y)["accuracy"] > max(0.85, net.evaluate(params, X, y)["accuracy"])
+    err = capfd.readouterr().err
+    assert err.count("worker 1 died in epoch 2 and Ray's 3 restarts are used up") == 1

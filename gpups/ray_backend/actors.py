@@ -89,7 +89,7 @@ class WorkerActor:
 
     def __init__(self, j: int, data: list, layout: Layout, upd: Callable, agg: Any,
                  hp: dict, batchsize: int, push: str, k: int, cuts: list[tuple[int, int]], threads: int,
-                 gpu: bool, shards: Sequence[Any] = (), keep_state: bool = False):
+                 gpu: bool, shards: Sequence[Any] = (), keep_state: bool = False, tolerate: int | None = None):
         limit_threads(threads)
         X, y = fetch(data)
         if gpu:
@@ -102,7 +102,9 @@ class WorkerActor:
         self.mirror = _Mirror(j, layout.size, layout.dtype, k, xp)
         self.worker = Worker(j, self.device, X, y, np.arange(len(X)), layout, self.mirror, upd, hp,
                              make_rule(agg, hp, layout), batchsize, push, alias=False, concurrent=False,
-                             keep_state=keep_state)
+                             keep_state=keep_state, tolerate=tolerate)
+        self.failures: list[str] = []
+        self.worker.log = self.failures.append  # (on_worker_error="drop": the driver logs them)
         self.cuts, self.shards, self.j = cuts, list(shards), j
 
     def ready(self) -> int:
@@ -149,6 +151,7 @@ class WorkerActor:
             w.loss_dev.fill(0)
         w.seek(cursor)
         bad[1:, self.j] = 0
+        self.failures.clear()
         try:
             w.run(nsteps, epoch)
         except Exception as exc:  # the driver names the batch, as the local backend does
@@ -157,7 +160,14 @@ class WorkerActor:
         flags = [int(v) for v in self.device.to_host(bad[:, self.j])]
         loss = w.mean_loss()
         return {"flagged": flags[0], "skipped": flags[1], "first_bad": flags[2],
-                "loss_sum": 0.0 if loss is None else loss * w.loss_count, "loss_count": w.loss_count}
+                "loss_sum": 0.0 if loss is None else loss * w.loss_count, "loss_count": w.loss_count,
+                # on_worker_error="drop": was the push discarded, and why
+                "discarded": int(w.pushes == 0), "failed": w.failed, "out": w.out, "log": list(self.failures)}
+
+    def take_rows(self, data: list) -> int:
+        """More rows from the next epoch (a dropped worker's, dealt by the driver)."""
+        self.worker.take_rows(*fetch(data))
+        return self.worker.n
 
     def local_state(self) -> dict[str, Any]:
         return self.worker.state_dict()

@@ -44,10 +44,12 @@ class RayEvent:
     when the worker died. ``names`` maps actor ids to "worker j" / "server shard s", so that an
     error is blamed on the actor that died, not on whoever waited for it."""
 
-    __slots__ = ("ref", "who", "retry", "ray", "names")
+    __slots__ = ("ref", "who", "retry", "ray", "names", "booked")
 
-    def __init__(self, ray: Any, ref: Any, who: str, names: dict[str, str], retry: Callable[[], None] | None = None):
+    def __init__(self, ray: Any, ref: Any, who: str, names: dict[str, str],
+                 retry: Callable[[int], None] | None = None):
         self.ray, self.ref, self.who, self.names, self.retry = ray, ref, who, names, retry
+        self.booked = 0  # a worker call: the samples its interval books
 
     def synchronize(self, timeout: float | None = None) -> Any:
         """The call's result. A failure raises :class:`StreamError` naming the actor that
@@ -63,7 +65,7 @@ class RayEvent:
                 if not (died and who == self.who and self.retry is not None and attempt < RESTARTS):
                     cause = getattr(exc, "cause", None)  # a task's own exception, unwrapped
                     raise StreamError(who, cause if isinstance(cause, Exception) else exc) from exc
-                self.retry()
+                self.retry(attempt + 1)
         raise AssertionError("unreachable")
 
 
@@ -107,7 +109,7 @@ class RemoteServer:
         self.final: np.ndarray | None = None
         self.names: dict[str, str] = {a._actor_id.hex(): f"server shard {s}" for s, a in enumerate(actors)}
 
-    def event(self, ref: Any, who: str, retry: Callable[[], None] | None = None) -> RayEvent:
+    def event(self, ref: Any, who: str, retry: Callable[[int], None] | None = None) -> RayEvent:
         return RayEvent(self.ray, ref, who, self.names, retry)
 
     def apply(self, rows: Sequence[int], scale: float, after: Sequence[Any] = (),
@@ -179,6 +181,7 @@ class RemoteWorker(Accounts):
         self.cursor = self.pulled = self.epoch = 0
         self.where = ""
         self.calls: list[RayEvent] = []
+        self.failures = 0  # on_worker_error="drop": all its failures so far (a restarted actor forgets its own)
         self.reset_stats()
 
     def start_epoch(self) -> None:
@@ -238,10 +241,13 @@ class RayBackend:
         ys = np.asarray(labels)
         data = [[ray.put(np.ascontiguousarray(features[rows])), ray.put(ys[rows])] for rows in parts]
         self.data_refs += [r for pair in data for r in pair]
+        self.drop = opts.on_worker_error == "drop"
+        self.tolerate = opts.max_worker_failures if self.drop else None
         actors = [worker_cls.remote(j, data[j], layout, upd, opts.agg, hp, opts.batchsize, opts.push, k, cuts,
                                     max(1, int(cpus)), gpus > 0, shards if policy.unlocked else (),
-                                    keep_state=opts.nonfinite == "skip")
+                                    keep_state=opts.nonfinite == "skip" or self.drop, tolerate=self.tolerate)
                   for j in range(k)]
+        self.held = [[pair] for pair in data]  # each worker's rows, as (features, labels) refs
         self.actors += actors
         try:
             pids = ray.get([a.ready.remote() for a in self.actors], timeout=READY_TIMEOUT)
@@ -257,6 +263,8 @@ class RayBackend:
         self.workers = [RemoteWorker(j, a, len(rows), opts.batchsize) for j, (a, rows) in enumerate(zip(actors, parts))]
         self.in_flight: collections.deque = collections.deque()
         self.recovered = {"restarts": 0, "resubmitted": 0, "recovery_seconds": 0.0}  # since the last record
+        self.died: list[int] = []  # workers found dead this epoch (counted as failures at the barrier)
+        self.last_states: dict[int, dict[str, Any]] = {}  # a dead worker's local state, as last read
 
     # -- what the run asks ---------------------------------------------------------------------
     def start(self, j: int, nsteps: int, epoch: int, pulled: list | None) -> RayEvent:
@@ -265,16 +273,18 @@ class RayBackend:
         parts = [e.ref for e in pulled] if pulled is not None else list(self.server.current)
         b0 = w.account(nsteps, epoch)
         ev = self.server.event(None, f"worker {j}")
+        ev.booked = w.booked
 
         def submit(parts: list[Any]) -> None:
             refs = w.actor.run.options(num_returns=1 + len(parts)).remote(b0, nsteps, epoch, *parts)
             ev.ref = refs[0]
             self.server.pending[j] = (refs[0], refs[1:])
 
-        def resubmit() -> None:  # the actor died mid-call: its restart starts from the current model
+        def resubmit(restart: int) -> None:  # the actor died mid-call: its restart starts from the current model
             self.recovered["resubmitted"] += 1
             w.pulled = self.server.version
-            log(f"gpups: worker {j} died; Ray restarts it, resuming from the server's current model")
+            log(f"gpups: worker {j} died in epoch {epoch + 1}; Ray restarts it ({restart} of {RESTARTS}) and "
+                "it goes on from the server's current model")
             submit(list(self.server.current))
 
         submit(parts)
@@ -289,6 +299,7 @@ class RayBackend:
         b0 = w.account(nsteps, epoch)
         ref = w.actor.hogwild.remote(b0, nsteps, epoch, scale)
         w.calls.append(self.server.event(ref, f"worker {w.j}"))
+        w.calls[-1].booked = w.booked
         self.throttle(w.calls[-1])
         self.server.version += 1
 
@@ -300,14 +311,23 @@ class RayBackend:
             self.ray.wait([self.in_flight.popleft().ref])
 
     def run_epoch(self, epoch: Callable[[], None], restore: Callable[[], int | None]) -> None:
-        """An epoch; if a server shard died in it, back to the newest checkpoint and again."""
-        for attempt in range(RESTARTS + 1):
+        """An epoch; if a server shard died in it, back to the newest checkpoint and again. With
+        on_worker_error="drop", a worker actor past Ray's restarts leaves the run, and the epoch
+        is done again without it (from the newest checkpoint, or from where the server is)."""
+        attempt = 0
+        while True:
             t0 = time.perf_counter()
             try:
                 return epoch()
             except StreamError as err:
+                dead = self.dead_workers() if self.drop else []
+                if dead:
+                    self.go_on_without(dead, err, restore)
+                    self.recovered["recovery_seconds"] += time.perf_counter() - t0
+                    continue
                 if not err.stream_name.startswith("server shard") or attempt == RESTARTS:
                     raise
+                attempt += 1
                 done = restore()
                 self.recovered["restarts"] += 1
                 self.recovered["recovery_seconds"] += time.perf_counter() - t0  # the lost attempt and the restore
@@ -317,6 +337,45 @@ class RayBackend:
                                       ) from err.exc
                 log(f"gpups: {err.stream_name} died ({type(err.exc).__name__}); Ray restarts it and the run "
                     f"goes back to the end of epoch {done}")
+
+    def dead_workers(self) -> list[int]:
+        """The workers whose actors Ray has given up on (their restarts used up)."""
+        dead = []
+        for w in self.workers:
+            if w.out:
+                continue
+            try:
+                self.ray.get(w.actor.ready.remote(), timeout=READY_TIMEOUT)
+            except self.ray.exceptions.RayActorError:
+                dead.append(w.j)
+            except self.ray.exceptions.GetTimeoutError:
+                pass
+        return dead
+
+    def go_on_without(self, dead: list[int], err: StreamError, restore: Callable[[], int | None]) -> None:
+        """on_worker_error="drop": ``dead`` leave the run (their rows go to the others at the
+        epoch's start); the calls in flight are let finish, and the server goes back to the
+        newest checkpoint, or, without checkpoints, stays where its last update left it (the
+        epoch is then done again from there)."""
+        for j in dead:
+            w = self.workers[j]
+            w.out = True
+            self.died.append(j)
+            log(f"gpups: worker {j} died in epoch {w.epoch + 1} and Ray's {RESTARTS} restarts are used up "
+                f"({type(err.exc).__name__}); the run goes on without it and does the epoch again")
+        refs = [ev.ref for w in self.workers for ev in w.calls if ev.ref is not None] + list(self.server.current)
+        refs += [r for status, payload in self.server.pending.values() for r in (status, *payload)]
+        refs = list(dict.fromkeys(refs))
+        self.ray.wait(refs, num_returns=len(refs), timeout=READY_TIMEOUT)  # (a failed call counts as done)
+        for w in self.workers:
+            w.calls = []
+        self.in_flight.clear()
+        self.server.pending.clear()
+        if restore() is None:
+            pulls = [self.server.event(a.pull.remote(), f"server shard {s}").synchronize()
+                     for s, a in enumerate(self.server.actors)]
+            self.server.current = [self.ray.put(w) for w, _ in pulls]
+            self.server.version = int(pulls[0][1])
 
     def barrier(self, progress: Any) -> None:
         """Every call of the epoch done: fold their statuses into the workers' accounts."""
@@ -332,7 +391,19 @@ class RayBackend:
                     self.server.bad[2, w.j] = st["first_bad"]
                 if "staleness" in st:
                     w.staleness.append(st["staleness"])
+                if st["discarded"]:  # (on_worker_error="drop": as the local Worker.discard books it)
+                    w.pushes -= 1
+                    w.samples -= ev.booked
+                for line in st["log"]:
+                    log(line)
+                w.failed += st["failed"]
+                w.failures += st["failed"]
+                w.out = w.out or st["out"] or (self.tolerate is not None and w.failures > self.tolerate)
             w.calls = []
+        for j in self.died:
+            self.workers[j].failed += 1
+            self.workers[j].failures += 1
+        self.died = []
         if self.opts.policy.unlocked:  # the workers pushed to the shards themselves
             self.server.current = [a.params.remote() for a in self.server.actors]
         self.server.synchronize()
@@ -355,7 +426,24 @@ class RayBackend:
         return [int(v) for v in self.server.bad[1]]
 
     def redeal(self) -> None:
-        """(on_worker_error='drop' is not offered with Ray.)"""
+        """The rows of the workers the run dropped go to the others, near-equally (at an epoch's
+        start): the driver reads their refs and puts each taker's share."""
+        gone = [w for w in self.workers if w.out and w.n]
+        alive = [w for w in self.workers if not w.out]
+        if not gone or not alive:
+            return
+        for w in gone:
+            got = self.ray.get([r for pair in self.held[w.j] for r in pair])
+            X, y = np.concatenate(got[0::2]), np.concatenate(got[1::2])
+            self.held[w.j], w.n, w.batches = [], 0, 0
+            for part, taker in zip(np.array_split(np.arange(len(X)), len(alive)), alive):
+                if not len(part):
+                    continue
+                pair = [self.ray.put(X[part]), self.ray.put(y[part])]
+                self.data_refs += pair
+                self.held[taker.j].append(pair)
+                taker.n = self.server.event(taker.actor.take_rows.remote(pair), f"worker {taker.j}").synchronize()
+                taker.batches = -(-taker.n // taker.batchsize)
 
     def attach(self, trace: Any) -> None:
         """Ray: the actors' spans are not collected (the trace has the run's epochs and counters)."""
@@ -370,11 +458,21 @@ class RayBackend:
         return out
 
     def worker_states(self) -> list[dict[str, Any]]:
-        return [self.server.event(w.actor.local_state.remote(), f"worker {w.j}").synchronize() for w in self.workers]
+        """The workers' local optimizer states (a dead one's as last read)."""
+        for w in self.workers:
+            if not (w.out and w.j in self.last_states):
+                try:
+                    self.last_states[w.j] = self.server.event(w.actor.local_state.remote(), f"worker {w.j}").synchronize()
+                except StreamError:
+                    if not w.out:
+                        raise
+                    self.last_states[w.j] = {"local_step": 0, "local_state": {}}
+        return [self.last_states[w.j] for w in self.workers]
 
     def load_worker_states(self, states: list[dict[str, Any]]) -> None:
         for w, st in zip(self.workers, states):
-            self.server.event(w.actor.load_local_state.remote(st), f"worker {w.j}").synchronize()
+            if not w.out:  # (a worker the run dropped may be dead)
+                self.server.event(w.actor.load_local_state.remote(st), f"worker {w.j}").synchronize()
 
     def cancel(self) -> None:
         pass
