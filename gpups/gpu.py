@@ -89,6 +89,54 @@ class CudaStream:
             release_stream((self.device_id, self.raw.ptr))
 
 
+class CudaSpanClock:
+    """Trace spans of asynchronous GPU work: a pair of timing events recorded on the stream that
+    runs it, turned into host-clock times at the epoch barrier from one reference event per GPU
+    (recorded and waited for once, when the trace starts). Events are pooled per GPU and reused
+    after each :meth:`resolve`; recording stays outside graph captures."""
+
+    def __init__(self, ids: Sequence[int]):
+        import time
+
+        self.pending: list[tuple] = []
+        self.pool: dict[int, list[Any]] = {}
+        self.refs: dict[int, tuple[Any, float]] = {}
+        for i in sorted(set(ids)):
+            with cp.cuda.Device(i):
+                ref = cp.cuda.Event()
+                ref.record()
+                ref.synchronize()
+                self.refs[i] = (ref, time.perf_counter())
+                self.pool[i] = []
+
+    def mark(self, stream: CudaStream) -> tuple[int, Any]:
+        """A timing event recorded on ``stream`` now (in stream order)."""
+        pool = self.pool[stream.device_id]
+        with cp.cuda.Device(stream.device_id):
+            ev = pool.pop() if pool else cp.cuda.Event()
+            ev.record(stream.raw)
+        return stream.device_id, ev
+
+    def span(self, pid: int, tid: int, name: str, start: tuple[int, Any], end: tuple[int, Any], **args: Any) -> None:
+        self.pending.append((pid, tid, name, start, end, args))  # (list.append: atomic, no lock)
+
+    def resolve(self) -> list[tuple]:
+        """The spans recorded so far, as (pid, tid, name, t0, t1, args) on the host's perf_counter;
+        their events go back to the pool."""
+        pending, self.pending = self.pending, []
+        out, used = [], {}
+        for pid, tid, name, (d0, e0), (d1, e1), args in pending:
+            ref, host = self.refs[d0]
+            e1.synchronize()
+            t0 = host + cp.cuda.get_elapsed_time(ref, e0) / 1e3
+            t1 = host + cp.cuda.get_elapsed_time(ref, e1) / 1e3
+            out.append((pid, tid, name, t0, max(t0, t1), args))
+            used[id(e0)], used[id(e1)] = (d0, e0), (d1, e1)
+        for d, ev in used.values():
+            self.pool[d].append(ev)
+        return out
+
+
 class CUDADevice:
     """One GPU, or several: ``ids`` lists a CUDA device per slot (repeats allowed). Worker j
     runs on slot ``j % slots`` and server shard s on slot ``s % slots``; each slot holds its
@@ -188,6 +236,10 @@ class CUDADevice:
 
     def graph_cache(self) -> GraphCache:
         return GraphCache()
+
+    def span_clock(self) -> CudaSpanClock:
+        """Trace spans from CUDA events (see :class:`CudaSpanClock`)."""
+        return CudaSpanClock(self.ids)
 
     def step_graphs(self, worker: Any) -> "IntervalGraphs | None":
         reason = graph_blocker(worker)

@@ -117,8 +117,11 @@ class LocalBackend:
         epoch()
 
     def attach(self, trace: Any) -> None:
-        """Spans from host clocks: meaningful where launches run the work (the CPU device)."""
+        """Spans from host clocks where launches run the work (the CPU device), from CUDA events
+        on the streams where they only queue it (a GPU)."""
         self.trace = trace
+        if self.device.async_launch:  # (a GPU: spans from CUDA events on the streams, read at the barrier)
+            trace.clock = self.device.span_clock()
         self.server.trace = trace
         for w in self.workers:
             w.trace = trace

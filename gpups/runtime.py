@@ -127,6 +127,8 @@ class Run:
         self.policy.run_epoch(self, epoch)
         self.backend.barrier(progress)
         seconds = time.perf_counter() - t0
+        if self.trace is not None:
+            self.trace.resolve()  # (a GPU's spans: the events are done now)
         self.check_finite(epoch)
         metrics = self.validate()
         skipped = [a - b for a, b in zip(self.backend.skipped(), skipped_before)]

@@ -102,6 +102,7 @@ class ParamServer:
         per shard on a GPU) and return the events a worker waits on before using them."""
         rows = tuple(int(j) for j in rows) if type(rows) is not tuple else rows
         events = []
+        clock = self.trace.clock if self.trace is not None else None  # (a GPU: CUDA events on the shard's stream)
         for sh in self.shards:
             rows_dev = self.device.rows(rows, sh.slot)
             for ev in after:
@@ -112,11 +113,14 @@ class ParamServer:
                 work = (self._kernels, sh, rows_dev, scale, False, sh.step)
             else:
                 work = (self._update_pull, sh, rows_dev, scale, sh.step, self._part(pull_into, sh), slot == sh.slot)
+            start = clock.mark(sh.stream) if clock is not None else None
             if self.replayable:
                 key = ("update", sh.index, rows, scale, None if pull_into is None else id(pull_into))
                 self.graphs.launch(sh.stream, key, *work)
             else:
                 sh.stream.launch(*work)
+            if clock is not None:
+                clock.span(2, sh.index, "apply", start, clock.mark(sh.stream), pushes=len(rows))
             if pull_into is not None:
                 events.append(sh.stream.record())
         if self.tables is not None:
@@ -142,12 +146,16 @@ class ParamServer:
         events = []
         copy = self.device.kernels.copy
         timed = self.trace is not None and self.device.timed_kernels
+        clock = self.trace.clock if self.trace is not None else None
         for sh in self.shards:
             if not (home and sh.slot == slot):
                 t0 = time.perf_counter() if timed else 0.0
+                start = clock.mark(sh.stream) if clock is not None else None
                 self.graphs.launch(sh.stream, ("pull", sh.index, id(dst)), copy, self._part(dst, sh), sh.w)
                 if timed:  # (a CPU shard's stream runs the copy inline)
                     self.trace.span(2, sh.index, "pull", t0, time.perf_counter())
+                elif clock is not None:
+                    clock.span(2, sh.index, "pull", start, clock.mark(sh.stream))
             events.append(sh.stream.record())
         if home:
             self.updated[slot] = events

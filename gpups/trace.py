@@ -4,10 +4,10 @@ open it in ui.perfetto.dev or chrome://tracing).
 One track per worker ("pull wait", "interval"), one per server shard ("apply", "pull"), and
 counter tracks for each worker's staleness and the epoch's samples/s. Spans come from host
 clocks where the work runs on the host (the CPU device: worker threads, inline shard updates);
-a run on a GPU or on Ray records the scheduler's side only (its intervals' launch to completion
-is not timed per step: that would cost a device sync per push). Recording is one list append
-of a tuple (the events are made when the file is written);
-without ``trace=`` nothing is recorded.
+on a GPU from CUDA events recorded on the streams around the work (:attr:`Trace.clock`, read
+by :meth:`Trace.resolve` at the epoch barrier: no host sync per step); on Ray from the actors'
+own clocks, gathered at the barrier. Recording is one list append of a tuple (the events are
+made when the file is written); without ``trace=`` nothing is recorded.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class Trace:
         self.path, self.t0 = path, time.perf_counter()
         self.events: list[dict[str, Any]] = []  # metadata: the tracks' names
         self.raw: list[tuple] = []  # spans and counters as recorded, made events by write()
+        self.clock: Any = None  # a device's event clock (a GPU: gpups.gpu.CudaSpanClock), set by the backend
         meta = [(WORKERS, "workers"), (SERVER, "server shards"), (RUN, "run")]
         for pid, name in meta:
             self.events.append({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": name}})
@@ -44,6 +45,12 @@ class Trace:
 
     def span(self, pid: int, tid: int, name: str, t0: float, t1: float, **args: Any) -> None:
         self.raw.append((pid, tid, name, t0, t1, args))  # (list.append is atomic: no lock on the hot path)
+
+    def resolve(self) -> None:
+        """At the epoch barrier: the device spans recorded since the last call, on the host clock."""
+        if self.clock is not None:
+            for rec in self.clock.resolve():
+                self.raw.append(rec)
 
     def counter(self, name: str, t: float, **values: float) -> None:
         self.raw.append((RUN, None, name, t, None, values))

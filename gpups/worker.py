@@ -145,6 +145,7 @@ class Worker(Accounts):
         self.reset_stats()
         self.trace: Any = None  # a gpups.trace.Trace, when the run records a timeline
         self.traced_end = 0.0   # when its last traced interval ended
+        self.marked: Any = None  # (a GPU) the epoch and event of its last traced interval's end
         self.graphs = device.step_graphs(self)  # GPU: CUDA graphs of its intervals (None: eager)
 
     def _build(self, xs: Any, ys: Any, layout: Layout, server: Any, rule: Any,
@@ -217,6 +218,8 @@ class Worker(Accounts):
         if self.out:  # dropped this epoch: its remaining intervals push nothing
             self.discard()
             return
+        clock = self.trace.clock if self.trace is not None else None  # (a GPU: CUDA events on its stream)
+        start = clock.mark(self.stream) if clock is not None else None
         if not (self.graphs is not None and full and self.graphs.replay(nsteps)):
             try:
                 self.interval(nsteps, b0)
@@ -228,7 +231,13 @@ class Worker(Accounts):
         if self.has_loss:
             self.loss_count += nsteps
         self.local_step += nsteps if self.push == "model" else nsteps - 1
-        if self.trace is not None:  # (on a GPU: the launch, not the work)
+        if clock is not None:  # the work on the device; the gap since its last interval is the pull wait
+            end = clock.mark(self.stream)
+            if self.marked is not None and self.marked[0] == epoch:
+                clock.span(1, self.j, "pull wait", self.marked[1], start)
+            clock.span(1, self.j, "interval", start, end, batches=nsteps, first=b0 + 1)
+            self.marked = (epoch, end)
+        elif self.trace is not None:
             self.traced_end = time.perf_counter()
             self.trace.span(1, self.j, "interval", t0, self.traced_end, batches=nsteps, first=b0 + 1)
 

@@ -318,3 +318,36 @@ def test_ray_actors_on_a_gpu_equal_cpu_actors(servers):
                             epochs=2, servers=servers, progress=False, device="cpu")
     np.testing.assert_allclose(models[0], layout.flatten(local.model, np.empty(layout.size)), rtol=1e-12,
                                atol=1e-14)
+
+
+@pytest.mark.parametrize("utype", ["BSP", "ASP", "HOGWILD"])
+def test_the_trace_on_a_gpu_times_the_work_with_cuda_events(tmp_path, utype):
+    """On a GPU the spans come from CUDA events (read at the barrier): an interval per push on
+    each worker's track, an apply per update on each shard's (BSP, ASP), inside the epochs, a
+    worker's spans in stream order, and the same counts and order with graph replay."""
+    import collections
+
+    from gpups.trace import load
+
+    X = RNG.standard_normal((400, 6)).astype(np.float32)
+    y = RNG.integers(0, 3, 400)
+    net = MLP([6, 16, 3])
+    path = tmp_path / "gpu.trace.json"
+    res = gpups.paramserv(net.init(0, dtype=np.float32), X, y, upd=net.gradients, utype=utype, k=2, servers=2,
+                          batchsize=20, epochs=3, device="cuda", progress=False, trace=str(path))
+    events = load(str(path))
+    spans = [e for e in events if e.get("ph") == "X" and e["name"] != "epoch"]
+    count = collections.Counter((e["name"], e.get("tid")) for e in spans if e["pid"] in (1, 2))
+    for j in range(2):
+        assert count["interval", j] == sum(h["pushes"][j] for h in res.history)
+    if utype == "BSP":
+        assert count["apply", 0] == count["apply", 1] == 3 * 10
+    if utype == "ASP":
+        assert count["apply", 0] == sum(sum(h["pushes"]) for h in res.history)
+    epochs = [e for e in events if e["name"] == "epoch"]
+    lo, hi = epochs[0]["ts"], epochs[-1]["ts"] + epochs[-1]["dur"]
+    assert all(lo - 1e3 <= e["ts"] and e["ts"] + e["dur"] <= hi + 1e3 for e in spans)
+    assert all(e["dur"] >= 0 for e in spans) and any(e["dur"] > 0 for e in spans)
+    for j in range(2):  # one stream per worker: its spans in order, not overlapping (20 us: float32 ms)
+        mine = sorted((e["ts"], e["ts"] + e["dur"]) for e in spans if e["pid"] == 1 and e["tid"] == j)
+        assert all(a[1] <= b[0] + 20 for a, b in zip(mine, mine[1:]))

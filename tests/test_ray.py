@@ -610,3 +610,32 @@ def test_a_worker_past_rays_restarts_is_dropped(ray_session, blobs, tmp_path, li
     assert net.evaluate(res.model, X, y)["accuracy"] > max(0.85, net.evaluate(params, X, y)["accuracy"])
     err = capfd.readouterr().err
     assert err.count("worker 1 died in epoch 2 and Ray's 3 restarts are used up") == 1
+
+
+@pytest.mark.parametrize("utype", ["BSP", "ASP", "HOGWILD"])
+def test_the_trace_on_ray_has_the_actors_spans(ray_session, blobs, tmp_path, utype):
+    """The actors' spans reach the driver's trace: an interval per push on each worker's track,
+    an apply per update on each shard's, inside the epochs, a worker's spans never overlapping."""
+    import collections
+
+    from gpups.trace import load
+
+    X, y = blobs
+    path = tmp_path / "ray.trace.json"
+    res = run(ray_session, small_net().init(0, dtype=np.float64), X, y, "ray", utype=utype, k=2, servers=2,
+              batchsize=10, epochs=2, trace=str(path))
+    events = load(str(path))
+    count = collections.Counter((e["name"], e.get("tid")) for e in events if e.get("ph") == "X")
+    for j in range(2):
+        assert count["interval", j] == sum(h["pushes"][j] for h in res.history)
+    pushes = sum(sum(h["pushes"]) for h in res.history)
+    for s in range(2):
+        assert count["apply", s] == (2 * 12 if utype == "BSP" else pushes)
+    epochs = [e for e in events if e["name"] == "epoch"]
+    spans = [e for e in events if e.get("ph") == "X" and e["name"] != "epoch"]
+    lo, hi = epochs[0]["ts"], epochs[-1]["ts"] + epochs[-1]["dur"]
+    assert all(lo - 1e3 <= e["ts"] and e["ts"] + e["dur"] <= hi + 1e3 for e in spans)  # (1 ms: clock reads)
+    for j in range(2):
+        mine = sorted((e["ts"], e["ts"] + e["dur"]) for e in spans if e["pid"] == 1 and e["tid"] == j)
+        assert all(a[1] <= b[0] + 1e-3 for a, b in zip(mine, mine[1:]))
+    assert any(e["name"] == "pull wait" for e in spans)

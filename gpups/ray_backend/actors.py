@@ -9,6 +9,7 @@ and the resources and restart policy of the run.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -20,7 +21,45 @@ from ..server import ParamServer
 from ..worker import Worker
 
 
-class ShardActor:
+class SpanLog:
+    """An actor's side of the run's timeline: spans on this process's ``perf_counter``, drained by
+    the driver at each epoch's barrier with the offset that puts them on the wall clock."""
+
+    clock: Any = None  # (host clocks: a GPU actor's spans are its launches)
+
+    def __init__(self) -> None:
+        self.raw: list[tuple] = []
+
+    @staticmethod
+    def now() -> float:
+        return time.perf_counter()
+
+    def span(self, pid: int, tid: int, name: str, t0: float, t1: float, **args: Any) -> None:
+        self.raw.append((pid, tid, name, t0, t1, args))
+
+    def drain(self) -> tuple[float, list[tuple]]:
+        raw, self.raw = self.raw, []
+        return time.time() - time.perf_counter(), raw
+
+
+class Traced:
+    """What both actors do for ``trace=``: keep a :class:`SpanLog` where their server or worker
+    records its spans."""
+
+    spans: SpanLog | None = None
+
+    def trace(self) -> None:
+        self.spans = SpanLog()
+        self._attach(self.spans)
+
+    def drain_spans(self) -> tuple[float, list[tuple]]:
+        return self.spans.drain() if self.spans is not None else (0.0, [])
+
+    def _attach(self, spans: SpanLog) -> None:
+        raise NotImplementedError
+
+
+class ShardActor(Traced):
     """Server shard ``index``: the parameters [lo, hi) and their optimizer state."""
 
     def __init__(self, index: int, layout: Layout, w0: list, agg: Any, hp: dict, k: int, push: str):
@@ -30,6 +69,9 @@ class ShardActor:
 
     def ready(self) -> int:
         return os.getpid()
+
+    def _attach(self, spans: SpanLog) -> None:
+        self.server.trace = spans
 
     def apply(self, rows: list[int], scale: float, *statuses_then_payloads: Any) -> np.ndarray:
         """One update from the pushes of ``rows`` (their statuses, then their payload slices);
@@ -83,7 +125,7 @@ class _Mirror:
         return None  # the run sends the payload, through Ray
 
 
-class WorkerActor:
+class WorkerActor(Traced):
     """Worker j with its partition, shipped once. Each call runs one push interval from the
     batch the driver names, so a restarted actor goes on where the run is."""
 
@@ -106,13 +148,18 @@ class WorkerActor:
         self.failures: list[str] = []
         self.worker.log = self.failures.append  # (on_worker_error="drop": the driver logs them)
         self.cuts, self.shards, self.j = cuts, list(shards), j
+        self.last_end = (-1, 0.0)  # (epoch, when) its last interval ended: the gap to the next is its pull wait
 
     def ready(self) -> int:
         return os.getpid()
 
+    def _attach(self, spans: SpanLog) -> None:
+        self.worker.trace = spans
+
     def run(self, cursor: int, nsteps: int, epoch: int, *parts: np.ndarray) -> tuple:
         """Pull ``parts`` (the shards' parameters), run ``nsteps`` batches from batch ``cursor``;
         returns the status, then the payload cut at the shards' ranges."""
+        self._waited(epoch)
         self._pull(parts, nsteps)
         status = self._interval(cursor, nsteps, epoch)
         payload = host(self.worker.payload)
@@ -122,14 +169,28 @@ class WorkerActor:
         """HOGWILD: pull from the shards, run, push to them, with no ordering among workers."""
         import ray
 
+        self._waited(epoch)
+        t0 = time.perf_counter()
         pulled = ray.get([sh.pull.remote() for sh in self.shards])
+        if self.spans is not None:  # (HOGWILD asks the shards itself)
+            self.spans.span(1, self.j, "pull wait", t0, time.perf_counter())
         self._pull([p for p, _ in pulled], nsteps)
         status = self._interval(cursor, nsteps, epoch)
         payload = host(self.worker.payload)
+        t0 = time.perf_counter()
         versions = ray.get([sh.push_unlocked.remote(self.j, scale, status, payload[lo:hi])
                             for sh, (lo, hi) in zip(self.shards, self.cuts)])
+        if self.spans is not None:
+            self.last_end = (epoch, time.perf_counter())
+            self.spans.span(1, self.j, "push", t0, self.last_end[1])
         status["staleness"] = max(0, versions[0] - 1 - pulled[0][1])
         return status
+
+    def _waited(self, epoch: int) -> None:
+        """Traced: the time since its last interval of this epoch ended is its pull wait (a call
+        starts once the parameters it pulls exist)."""
+        if self.spans is not None and self.last_end[0] == epoch:
+            self.spans.span(1, self.j, "pull wait", self.last_end[1], time.perf_counter())
 
     def _pull(self, parts: Sequence[np.ndarray], nsteps: int = 0) -> None:
         """The pulled parameters into the replica; or, where the interval only reads them (one
@@ -138,11 +199,14 @@ class WorkerActor:
         if nsteps == 1 and w.push == "gradients" and len(parts) == 1 and self.device.host_memory:
             w.compute_on(parts[0])
             return
+        t0 = time.perf_counter()
         w.compute_on(None)
         for (lo, hi), part in zip(self.cuts, parts):
             w.replica[lo:hi] = part if self.device.host_memory else self.device.place(part)
         if w.base is not None:
             w.snapshot_base()
+        if self.spans is not None:
+            self.spans.span(1, self.j, "pull", t0, time.perf_counter())
 
     def _interval(self, cursor: int, nsteps: int, epoch: int) -> dict:
         w, bad = self.worker, self.mirror.bad
@@ -157,6 +221,7 @@ class WorkerActor:
         except Exception as exc:  # the driver names the batch, as the local backend does
             setattr(exc, "gpups_where", w.where)  # noqa: B010
             raise
+        self.last_end = (epoch, time.perf_counter())
         flags = [int(v) for v in self.device.to_host(bad[:, self.j])]
         loss = w.mean_loss()
         return {"flagged": flags[0], "skipped": flags[1], "first_bad": flags[2],

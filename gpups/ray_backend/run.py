@@ -264,6 +264,7 @@ class RayBackend:
         self.in_flight: collections.deque = collections.deque()
         self.recovered = {"restarts": 0, "resubmitted": 0, "recovery_seconds": 0.0}  # since the last record
         self.died: list[int] = []  # workers found dead this epoch (counted as failures at the barrier)
+        self.trace: Any = None
         self.last_states: dict[int, dict[str, Any]] = {}  # a dead worker's local state, as last read
 
     # -- what the run asks ---------------------------------------------------------------------
@@ -404,6 +405,8 @@ class RayBackend:
             self.workers[j].failed += 1
             self.workers[j].failures += 1
         self.died = []
+        if self.trace is not None:
+            self.collect_spans()
         if self.opts.policy.unlocked:  # the workers pushed to the shards themselves
             self.server.current = [a.params.remote() for a in self.server.actors]
         self.server.synchronize()
@@ -446,7 +449,21 @@ class RayBackend:
                 taker.batches = -(-taker.n // taker.batchsize)
 
     def attach(self, trace: Any) -> None:
-        """Ray: the actors' spans are not collected (the trace has the run's epochs and counters)."""
+        """The actors record their spans (workers: pull wait, pull, interval, HOGWILD's push;
+        shards: apply) on their own clocks; :meth:`collect_spans` moves them into ``trace``."""
+        self.trace = trace
+        self.ray.get([a.trace.remote() for a in self.actors])
+
+    def collect_spans(self) -> None:
+        """At the barrier: each actor's spans, shifted from its clock to the driver's by way of the
+        wall clock (exact on one node; across nodes as good as their clocks agree)."""
+        here = time.time() - time.perf_counter()
+        owners = [(a, s) for s, a in enumerate(self.server.actors)] + [(w.actor, w.j) for w in self.workers if not w.out]
+        for (_, tid), got in zip(owners, self.ray.get([a.drain_spans.remote() for a, _ in owners])):
+            offset, raw = got
+            shift = offset - here
+            for pid, _, name, t0, t1, args in raw:
+                self.trace.span(pid, tid, name, t0 + shift, t1 + shift, **args)
 
     def faults(self) -> dict[str, Any]:
         """Since the last epoch record: ``restarts`` (a shard died: the run went back to the newest
