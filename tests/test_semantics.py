@@ -47,8 +47,8 @@ def test_bsp_rounds_with_fewer_workers_average_over_those_that_pushed():
 
 
 # -- Adam: the textbook algorithm, bias corrections from t = 1 -----------------------------------
-@pytest.mark.parametrize("servers", [1, 2])
-def test_adam_with_one_worker_is_textbook_adam(servers):
+@pytest.mark.parametrize("servers,utype", [(1, "BSP"), (2, "BSP"), (2, "ASP"), (2, "HOGWILD")])
+def test_adam_with_one_worker_is_textbook_adam(servers, utype):
     X, y = problem(96)
     lr, b1, b2, eps, bs = 0.01, 0.9, 0.999, 1e-8, 16
     p = small_net().init(0, dtype=np.float64)
@@ -63,7 +63,7 @@ def test_adam_with_one_worker_is_textbook_adam(servers):
                 m[n] = b1 * m[n] + (1 - b1) * g[n]
                 v[n] = b2 * v[n] + (1 - b2) * g[n] ** 2
                 p[n] = p[n] - lr * (m[n] / (1 - b1 ** t)) / (np.sqrt(v[n] / (1 - b2 ** t)) + eps)
-    got = train(X, y, agg="adam", hyperparams={"lr": lr}, k=1, batchsize=bs, epochs=2, servers=servers)
+    got = train(X, y, agg="adam", hyperparams={"lr": lr}, k=1, batchsize=bs, epochs=2, servers=servers, utype=utype)
     close(got, p, 1e-10)
 
 
