@@ -316,9 +316,10 @@ def test_an_address_where_nothing_listens_is_named_quickly():
 
 # -- the embedded default, options ---------------------------------------------------------
 def test_embedded_ray_is_kept_for_the_next_call_and_cleaned_up(tmp_path):
-    """No address, no Ray running: paramserv starts a local Ray, keeps it for the next call (the
-    same session), stops it on gpups.ray_shutdown() or at exit, removes its session folder and
-    leaves no process behind (in subprocesses: the session's Ray is not touched)."""
+    """No address, no Ray running: paramserv starts a local Ray, keeps it and its actor hosts for
+    the next call (the same session and processes, the same result), stops it on
+    gpups.ray_shutdown() or at exit, removes its session folder and leaves no process behind (in
+    subprocesses: the session's Ray is not touched)."""
     code = textwrap.dedent("""
         import os, sys, numpy as np, ray, gpups
         from gpups.models import SoftmaxRegression
@@ -326,9 +327,15 @@ def test_embedded_ray_is_kept_for_the_next_call_and_cleaned_up(tmp_path):
         X = rng.standard_normal((200, 4)); y = (X[:, 0] > 0).astype(np.int64)
         net = SoftmaxRegression(4, 2)
         kw = dict(upd=net.gradients, k=2, batchsize=20, epochs=2, backend="ray", progress=False, device="cpu")
+        from gpups.ray_backend.cluster import POOL
+        def hosts():
+            return sorted(ray.get([h.release.remote() for hs in POOL.values() for h in hs]))
         res = gpups.paramserv(net.init(0), X, y, **kw)
         session = ray._private.worker._global_node.get_session_dir_path()
-        gpups.paramserv(net.init(1), X, y, **kw)
+        first = hosts()
+        again = gpups.paramserv(net.init(0), X, y, **kw)
+        assert len(first) == 3 and hosts() == first, (first, hosts())  # the same processes played again
+        assert all(np.array_equal(res.model[n], again.model[n]) for n in res.model)
         same = ray.is_initialized() and ray._private.worker._global_node.get_session_dir_path() == session
         if sys.argv[1] == "explicit":
             gpups.ray_shutdown()

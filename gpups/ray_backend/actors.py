@@ -3,12 +3,16 @@
 :class:`~gpups.worker.Worker` with its data partition. Only the transport is new: payloads and
 parameters travel as numpy arrays through Ray's object store (zero-copy reads on one node).
 
-The actors are plain classes here; :mod:`gpups.ray_backend.run` wraps them with ``ray.remote``
-and the resources and restart policy of the run.
+The roles are plain classes here. Each runs inside a :class:`Host`, the Ray actor class that
+:mod:`gpups.ray_backend.run` creates with the run's resources and restart policy: a host takes
+its role from the first call of a run (and again after Ray restarted it), so the embedded
+instance keeps its hosts warm for the next call in the process (:class:`Role` is the driver's
+handle on a host playing a role).
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -262,3 +266,62 @@ def limit_threads(n: int) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(max(1, n))
+
+
+class Host:
+    """A Ray actor that plays one role (a :class:`ShardActor` or :class:`WorkerActor`) per run.
+    Every call names the run's set-up (its id and a ref to the role's class and arguments); a
+    host that does not hold that role yet (new, pooled from an earlier call, or restarted by Ray)
+    builds it first. So Ray's restarts and retries work as with plain actors, and a host outlives
+    its run."""
+
+    def __init__(self) -> None:
+        self.role: Any = None
+        self.run_id: str | None = None
+        self.lock = threading.Lock()  # (HOGWILD's shards serve several calls at a time)
+
+    def call(self, setup: list, method: str, *args: Any) -> Any:
+        run_id, ref = setup
+        if self.run_id != run_id:
+            with self.lock:
+                if self.run_id != run_id:
+                    import ray
+
+                    cls, cargs, ckw = ray.get(ref)
+                    self.role, self.run_id = None, None
+                    self.role = cls(*cargs, **ckw)
+                    self.run_id = run_id
+        return getattr(self.role, method)(*args)
+
+    def release(self) -> int:
+        """The run is over: drop the role (its data and buffers); returns the process id."""
+        self.role, self.run_id = None, None
+        return os.getpid()
+
+
+class Role:
+    """The driver's handle on a :class:`Host` playing a role in this run: ``role.run.remote(...)``
+    and ``role.run.options(num_returns=n).remote(...)`` call the role's method through the host."""
+
+    def __init__(self, host: Any, setup: list):
+        self.host, self.setup = host, setup
+
+    @property
+    def _actor_id(self) -> Any:
+        return self.host._actor_id
+
+    def __getattr__(self, method: str) -> "_Method":
+        if method.startswith("__") or method in ("host", "setup"):  # (unpickling: no state yet)
+            raise AttributeError(method)
+        return _Method(self.host.call, self.setup, method)
+
+
+class _Method:
+    def __init__(self, call: Any, setup: list, name: str):
+        self.call, self.setup, self.name = call, setup, name
+
+    def options(self, **kw: Any) -> "_Method":
+        return _Method(self.call.options(**kw), self.setup, self.name)
+
+    def remote(self, *args: Any) -> Any:
+        return self.call.remote(self.setup, self.name, *args)

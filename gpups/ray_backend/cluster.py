@@ -72,12 +72,20 @@ class Cluster:
 
 
 _EMBEDDED: dict[str, Any] = {}  # the local instance gpups started: its session folder
+POOL: dict[tuple, list[Any]] = {}  # the embedded instance's idle actor hosts, by their options
+
+
+def pooled() -> bool:
+    """Hosts outlive a run only on the local instance gpups started (a Ray the caller started,
+    or a cluster joined, gets its resources back when the run ends)."""
+    return "session" in _EMBEDDED
 
 
 def shutdown() -> None:
     """Stop the local Ray instance gpups started (if it is up) and remove its session folder;
     a Ray the caller started, or a joined cluster, is not touched. Also run at interpreter exit."""
     session = _EMBEDDED.pop("session", None)
+    POOL.clear()
     if session is None:
         return
     import ray

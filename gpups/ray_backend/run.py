@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
+import uuid
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -31,8 +32,8 @@ from ..optim import make_rule
 from ..runtime import log
 from ..streams import InlineStream, StreamError
 from ..worker import Accounts
-from .actors import ShardActor, WorkerActor
-from .cluster import Cluster, share, ship_by_value, unship
+from .actors import Host, Role, ShardActor, WorkerActor
+from .cluster import POOL, Cluster, pooled, share, ship_by_value, unship
 
 RESTARTS = 3          # per actor
 READY_TIMEOUT = 300.0  # seconds for every actor to be placed and started
@@ -198,12 +199,16 @@ class RayBackend:
     def __init__(self, opts: Any, layout: Layout, init_flat: np.ndarray, features: Any, labels: Any,
                  parts: list[np.ndarray], upd: Callable, hp: dict, device: str):
         self.cluster = Cluster(opts.ray_address)
-        self.actors: list[Any] = []
+        self.actors: list[Any] = []  # Roles
+        self.hosts: list[tuple[tuple, Any]] = []  # (options, host) of every host this run took
+        self.run_id = uuid.uuid4().hex
+        self.failed = False
         self.shipped: list[Any] = []
         self.final: np.ndarray | None = None
         try:
             self._build(opts, layout, init_flat, features, labels, parts, upd, hp, device)
         except BaseException:
+            self.failed = True
             self.close()
             raise
 
@@ -216,14 +221,13 @@ class RayBackend:
         policy = opts.policy
         k = opts.k
         cuts = layout.shards(opts.servers, whole_tensors=make_rule(opts.agg, hp).whole_tensors)
-        shard_cls = ray.remote(ShardActor).options(
-            num_cpus=0, max_restarts=RESTARTS, max_task_retries=0, max_concurrency=k if policy.unlocked else 1)
-        # arrays go to the constructors as refs (inside a list, fetched by the actor): the driver
-        # keeps them alive for the run, so a restarted actor finds them again. (Ray still logs
-        # that a restartable actor has object-store constructor arguments: it is harmless here.)
+        # arrays go to the roles as refs (inside a list, fetched by the host): the driver keeps
+        # them alive for the run, so a restarted host finds them again
         self.data_refs: list[Any] = [ray.put(np.ascontiguousarray(init_flat[lo:hi])) for lo, hi in cuts]
-        shards = [shard_cls.remote(s, layout.sub(lo, hi), [self.data_refs[s]], opts.agg, hp, k, opts.push)
-                  for s, (lo, hi) in enumerate(cuts)]
+        hosts = self.take(len(cuts), num_cpus=0, max_restarts=RESTARTS, max_task_retries=0,
+                          max_concurrency=k if policy.unlocked else 1)
+        shards = [self.role(h, ShardActor, s, layout.sub(lo, hi), [self.data_refs[s]], opts.agg, hp, k, opts.push)
+                  for s, (h, (lo, hi)) in enumerate(zip(hosts, cuts))]
         self.actors += shards
         cpus = share(self.cluster.node_resources("CPU"), k)
         gpus = share(self.cluster.node_resources("GPU"), k) if device != "cpu" else 0.0
@@ -236,16 +240,16 @@ class RayBackend:
         # a call that means "this round's model" (BSP, HOGWILD) is retried by Ray itself with its
         # own arguments; the arrival policies resubmit with the current model (RayEvent.retry)
         retries = RESTARTS if policy.retry_same_args else 0
-        worker_cls = ray.remote(WorkerActor).options(
-            num_cpus=cpus, num_gpus=min(gpus, 1.0), max_restarts=RESTARTS, max_task_retries=retries)
+        hosts = self.take(k, num_cpus=cpus, num_gpus=min(gpus, 1.0), max_restarts=RESTARTS, max_task_retries=retries,
+                          max_concurrency=1)
         ys = np.asarray(labels)
         data = [[ray.put(np.ascontiguousarray(features[rows])), ray.put(ys[rows])] for rows in parts]
         self.data_refs += [r for pair in data for r in pair]
         self.drop = opts.on_worker_error == "drop"
         self.tolerate = opts.max_worker_failures if self.drop else None
-        actors = [worker_cls.remote(j, data[j], layout, upd, opts.agg, hp, opts.batchsize, opts.push, k, cuts,
-                                    max(1, int(cpus)), gpus > 0, shards if policy.unlocked else (),
-                                    keep_state=opts.nonfinite == "skip" or self.drop, tolerate=self.tolerate)
+        actors = [self.role(hosts[j], WorkerActor, j, data[j], layout, upd, opts.agg, hp, opts.batchsize, opts.push,
+                            k, cuts, max(1, int(cpus)), gpus > 0, shards if policy.unlocked else (),
+                            keep_state=opts.nonfinite == "skip" or self.drop, tolerate=self.tolerate)
                   for j in range(k)]
         self.held = [[pair] for pair in data]  # each worker's rows, as (features, labels) refs
         self.actors += actors
@@ -266,6 +270,31 @@ class RayBackend:
         self.died: list[int] = []  # workers found dead this epoch (counted as failures at the barrier)
         self.trace: Any = None
         self.last_states: dict[int, dict[str, Any]] = {}  # a dead worker's local state, as last read
+
+    def take(self, n: int, **options: Any) -> list[Any]:
+        """``n`` actor hosts with these Ray options: idle ones of the embedded instance first
+        (each checked alive), new ones for the rest."""
+        key = tuple(sorted(options.items()))
+        idle = POOL.get(key, []) if pooled() else []
+        reused = [idle.pop() for _ in range(min(n, len(idle)))]
+        alive = []
+        for h in reused:
+            try:
+                self.ray.get(h.release.remote(), timeout=30)
+                alive.append(h)
+            except (self.ray.exceptions.RayError, self.ray.exceptions.GetTimeoutError):
+                with contextlib.suppress(Exception):
+                    self.ray.kill(h)
+        cls = self.ray.remote(Host).options(**options)
+        hosts = alive + [cls.remote() for _ in range(n - len(alive))]
+        self.hosts += [(key, h) for h in hosts]
+        return hosts
+
+    def role(self, host: Any, cls: type, *args: Any, **kw: Any) -> Role:
+        """``host`` playing ``cls(*args, **kw)`` in this run (built by its first call)."""
+        ref = self.ray.put((cls, args, kw))
+        self.data_refs.append(ref)
+        return Role(host, [self.run_id, ref])
 
     # -- what the run asks ---------------------------------------------------------------------
     def start(self, j: int, nsteps: int, epoch: int, pulled: list | None) -> RayEvent:
@@ -492,18 +521,29 @@ class RayBackend:
                 self.server.event(w.actor.load_local_state.remote(st), f"worker {w.j}").synchronize()
 
     def cancel(self) -> None:
-        pass
+        self.failed = True  # (the hosts' state is unknown: they are not kept)
 
     def finish(self) -> None:
         """The final parameters, fetched before Ray goes away."""
         self.server.final = self.server.w
 
     def close(self) -> None:
-        for a in self.actors:
+        """Hosts of a run that ended well go back to the embedded instance's pool, their roles
+        dropped; any other host is killed."""
+        ray = self.cluster.ray
+        keep = []
+        if not self.failed and pooled() and ray.is_initialized():
             try:
-                self.cluster.ray.kill(a)
+                ray.get([h.release.remote() for _, h in self.hosts], timeout=30)
+                keep = self.hosts
             except Exception:
-                pass
+                keep = []
+        for key, h in keep:
+            POOL.setdefault(key, []).append(h)
+        for _, h in self.hosts if not keep else []:
+            with contextlib.suppress(Exception):
+                ray.kill(h)
+        self.hosts = []
         self.actors = []
         unship(self.cluster.ray, self.shipped)
         self.shipped = []
