@@ -105,7 +105,11 @@ def test_every_mode_trains(ray_session, blobs, utype, extra):
         assert max(clock - slowest for _, clock, slowest in res.clock_log) <= 1
 
 
-def test_worker_error_is_named(ray_session, blobs):
+@pytest.mark.parametrize("utype", ["ASP", "BSP", "HOGWILD"])
+def test_worker_error_is_named(ray_session, blobs, utype, capfd):
+    """The worker whose upd raised is named (under BSP the other worker's next call fails on
+    the same error, through the round's parameters), in a few lines: no retries of calls queued
+    on the hosts being closed, no unhandled errors."""
     X, y = blobs
     net = small_net()
 
@@ -115,8 +119,12 @@ def test_worker_error_is_named(ray_session, blobs):
         return net.gradients(p, xb, yb, hp)
 
     with pytest.raises(WorkerError, match=r"^worker 1 failed: FloatingPointError: bad row in epoch 1, batch 2$"):
-        run(ray_session, net.init(0, dtype=np.float64), X, y, "ray", upd=upd, utype="ASP", k=2,
+        run(ray_session, net.init(0, dtype=np.float64), X, y, "ray", upd=upd, utype=utype, k=2,
             batchsize=20, epochs=1)
+    time.sleep(1.0)  # (Ray's log lines reach the driver within its log monitor's interval)
+    out = capfd.readouterr()
+    noise = [ln for ln in (out.out + out.err).splitlines() if "will be retried" in ln or "Unhandled error" in ln]
+    assert not noise, noise[:3]
 
 
 def test_nan_push_is_named_not_applied(ray_session, blobs):

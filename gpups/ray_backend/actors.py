@@ -81,7 +81,11 @@ class ShardActor(Traced):
         """One update from the pushes of ``rows`` (their statuses, then their payload slices);
         returns the new parameters (the next pull)."""
         self._receive(rows, statuses_then_payloads)
-        self.server.apply(rows, scale)
+        try:
+            self.server.apply(rows, scale)
+        except Exception as exc:  # (a user agg's error: this shard's)
+            setattr(exc, "gpups_who", f"server shard {self.index}")  # noqa: B010
+            raise
         return self.server.w
 
     def _receive(self, rows: Sequence[int], args: Sequence[Any]) -> None:
@@ -224,6 +228,7 @@ class WorkerActor(Traced):
             w.run(nsteps, epoch)
         except Exception as exc:  # the driver names the batch, as the local backend does
             setattr(exc, "gpups_where", w.where)  # noqa: B010
+            setattr(exc, "gpups_who", f"worker {self.j}")  # noqa: B010
             raise
         self.last_end = (epoch, time.perf_counter())
         flags = [int(v) for v in self.device.to_host(bad[:, self.j])]

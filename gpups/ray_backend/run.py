@@ -61,7 +61,10 @@ class RayEvent:
                 return self.ray.get(self.ref, timeout=timeout)
             except self.ray.exceptions.RayError as exc:
                 actor = getattr(exc, "actor_id", None)
-                who = self.names.get(actor if isinstance(actor, str) else getattr(actor, "hex", lambda: "")(), self.who)
+                # (a role's own error names it: a call that failed because an argument did, e.g. a
+                # BSP worker's pull of a round whose other push failed, carries that error)
+                who = getattr(getattr(exc, "cause", None), "gpups_who", None) or self.names.get(
+                    actor if isinstance(actor, str) else getattr(actor, "hex", lambda: "")(), self.who)
                 died = isinstance(exc, self.ray.exceptions.RayActorError)
                 if not (died and who == self.who and self.retry is not None and attempt < RESTARTS):
                     cause = getattr(exc, "cause", None)  # a task's own exception, unwrapped
@@ -358,6 +361,7 @@ class RayBackend:
                 if not err.stream_name.startswith("server shard") or attempt == RESTARTS:
                     raise
                 attempt += 1
+                self.settle(READY_TIMEOUT)  # (the lost attempt's calls: not retried, not reported)
                 done = restore()
                 self.recovered["restarts"] += 1
                 self.recovered["recovery_seconds"] += time.perf_counter() - t0  # the lost attempt and the restore
@@ -393,14 +397,7 @@ class RayBackend:
             self.died.append(j)
             log(f"gpups: worker {j} died in epoch {w.epoch + 1} and Ray's {RESTARTS} restarts are used up "
                 f"({type(err.exc).__name__}); the run goes on without it and does the epoch again")
-        refs = [ev.ref for w in self.workers for ev in w.calls if ev.ref is not None] + list(self.server.current)
-        refs += [r for status, payload in self.server.pending.values() for r in (status, *payload)]
-        refs = list(dict.fromkeys(refs))
-        self.ray.wait(refs, num_returns=len(refs), timeout=READY_TIMEOUT)  # (a failed call counts as done)
-        for w in self.workers:
-            w.calls = []
-        self.in_flight.clear()
-        self.server.pending.clear()
+        self.settle(READY_TIMEOUT)
         if restore() is None:
             pulls = [self.server.event(a.pull.remote(), f"server shard {s}").synchronize()
                      for s, a in enumerate(self.server.actors)]
@@ -520,8 +517,32 @@ class RayBackend:
             if not w.out:  # (a worker the run dropped may be dead)
                 self.server.event(w.actor.load_local_state.remote(st), f"worker {w.j}").synchronize()
 
+    def settle(self, timeout: float) -> None:
+        """Let the calls in flight end (a failed one, or one failing on a failed argument, ends at
+        once) and read their errors, so that Ray neither retries them on hosts being killed nor
+        reports them as unhandled; then forget them."""
+        refs = [ev.ref for w in getattr(self, "workers", []) for ev in w.calls if ev.ref is not None]
+        if hasattr(self, "server"):
+            refs += list(self.server.current)
+            refs += [r for status, payload in self.server.pending.values() for r in (status, *payload)]
+        refs = list(dict.fromkeys(refs))
+        if refs:
+            done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
+            for ref in done:
+                with contextlib.suppress(Exception):
+                    self.ray.get(ref, timeout=0)
+        for w in getattr(self, "workers", []):
+            w.calls = []
+        if hasattr(self, "server"):
+            self.server.pending.clear()
+        self.in_flight.clear()
+
     def cancel(self) -> None:
-        self.failed = True  # (the hosts' state is unknown: they are not kept)
+        """The run failed: its calls are settled (for at most 10 s), and its hosts, whose state
+        is unknown, are not kept."""
+        self.failed = True
+        with contextlib.suppress(Exception):
+            self.settle(10.0)
 
     def finish(self) -> None:
         """The final parameters, fetched before Ray goes away."""
