@@ -4,13 +4,18 @@ model: the push/pull round trip, samples/s of training, and where the round trip
 Both backends run in the same process, alternating; Ray is started once (a local instance, as
 ``backend="ray"`` would start it) and its start and stop are timed too.
 
-    python benchmarks/ray_bench.py [--json benchmarks/results/ray.json] [--quick]
+    python benchmarks/ray_bench.py [--json benchmarks/results/ray.json] [--quick | --ci]
 
 - round trip: BSP rounds of k=2 workers whose ``upd`` does no arithmetic, so a round is the
   transport alone: each worker's push of n floats, the shard's update, the pull of n floats.
 - training: an MLP of that size (784-128-10: 102 K; 784-4096-1600-10: 9.8 M parameters),
   float32, batch 64, k=2, BSP with momentum; samples/s of the epochs after the first.
 - parts of a round trip on Ray: an empty actor call, ``ray.put`` of n floats, a zero-copy get.
+- push frequencies (100 K model): samples/s with freq BATCH, NBATCHES 8 and EPOCH, BSP and ASP.
+- calls: a tiny paramserv call's wall time, cold (it starts the embedded instance) and warm.
+- sockets: every listening socket of the instance started here is on loopback.
+
+``--ci`` is the short form the test suite runs (100 K only, few rounds, fewer repeats).
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ def null_upd(params, x, y, hp, out=None):
     return out
 
 
-def train(backend, layers, rounds, k=2, bs=64, epochs=3, upd=None):
+def train(backend, layers, rounds, k=2, bs=64, epochs=3, upd=None, utype="BSP", freq="BATCH"):
     import gpups
     from gpups.models import MLP
 
@@ -41,9 +46,9 @@ def train(backend, layers, rounds, k=2, bs=64, epochs=3, upd=None):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((n, layers[0]), dtype=np.float32)
     y = rng.integers(0, layers[-1], n)
-    res = gpups.paramserv(net.init(0), X, y, upd=upd or net.gradients, agg="momentum", utype="BSP", k=k,
+    res = gpups.paramserv(net.init(0), X, y, upd=upd or net.gradients, agg="momentum", utype=utype, k=k,
                           batchsize=bs, epochs=epochs, hyperparams={"lr": 0.01}, progress=False,
-                          device="cpu", backend=backend)
+                          device="cpu", backend=backend, freq=freq, nbatches=8 if freq == "NBATCHES" else 1)
     secs = statistics.median(h["seconds"] for h in res.history[1:])
     return {"round_trip_ms": 1e3 * secs / rounds, "samples_per_s": n / secs, "params": net.size}
 
@@ -72,6 +77,29 @@ def parts(ray, n):
            "numpy_copy_ms": timed(lambda: arr.copy(), 20 if n > 10**6 else 200)}
     ray.kill(a)
     return out
+
+
+def freqs(div):
+    """samples/s of the 100 K model for each push frequency, BSP and ASP, local and Ray alternating."""
+    out = {}
+    for utype in ("BSP", "ASP"):
+        for freq in ("BATCH", "NBATCHES", "EPOCH"):
+            rounds = (96 if freq == "BATCH" else 192) // div // 8 * 8 or 8
+            got = {"local": [], "ray": []}
+            for backend in ("local", "ray") * (1 if div >= 10 else 2):
+                got[backend].append(train(backend, SIZES["100K"], rounds, utype=utype, freq=freq)["samples_per_s"])
+            key = f"{utype} {freq if freq != 'NBATCHES' else 'NBATCHES 8'}"
+            out[key] = {b: max(v) for b, v in got.items()}
+            print(key, json.dumps(out[key]), flush=True)
+    return out
+
+
+def loopback(addr):
+    import ipaddress
+
+    ip = ipaddress.ip_address(addr)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 CALLS = r"""
@@ -108,22 +136,28 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "ray.json"))
     ap.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    ap.add_argument("--ci", action="store_true", help="the short form the tests run: 100 K only, few rounds")
     args = ap.parse_args(argv)
     calls = call_overheads()
     print("calls", json.dumps(calls), flush=True)
     import ray
 
+    from gpups.ray_backend.cluster import listening_addresses, loopback_only
+
     t = time.perf_counter()
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level="warning")
+    with loopback_only(ray):  # (the bench's traffic stays on loopback)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+                 logging_level="warning")
     R = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                     f"ray {ray.__version__}", "ray_start_s": time.perf_counter() - t, "calls": calls}
-    for name, layers in SIZES.items():
+    div = 10 if args.ci else 4 if args.quick else 1
+    sizes = {"100K": SIZES["100K"]} if args.ci else SIZES
+    for name, layers in sizes.items():
         big = name == "10M"
-        rt_rounds = (20 if big else 200) // (4 if args.quick else 1)
-        tr_rounds = (8 if big else 100) // (4 if args.quick else 1)
+        rt_rounds = (20 if big else 200) // div
+        tr_rounds = (8 if big else 100) // div
         row = {}
-        for backend in ("local", "ray", "local", "ray"):  # alternate: same machine state for both
+        for backend in ("local", "ray") if args.ci else ("local", "ray", "local", "ray"):  # alternate
             rt = train(backend, layers, rt_rounds, upd=null_upd)
             tr = train(backend, layers, tr_rounds)
             row.setdefault(backend, []).append((rt["round_trip_ms"], tr["samples_per_s"]))
@@ -134,6 +168,10 @@ def main(argv=None):
             R[name][f"{backend}_samples_per_s"] = max(s for _, s in row[backend])
         R[name]["ray_parts"] = parts(ray, row["params"])
         print(name, json.dumps(R[name]), flush=True)
+    R["freqs"] = freqs(div)
+    found = listening_addresses(os.getpid())
+    R["sockets"] = {"listening": len(found), "addresses": sorted({a for a, _, _ in found}),
+                    "all_loopback": all(loopback(a) for a, _, _ in found)}
     t = time.perf_counter()
     ray.shutdown()
     R["ray_stop_s"] = time.perf_counter() - t
@@ -147,12 +185,16 @@ def main(argv=None):
           f"{c['warm_call_overhead_s']:.2f} s over local")
     print(f"{'model':>6} {'params':>10} | {'round trip local':>16} {'ray':>9} | {'samples/s local':>15} "
           f"{'ray':>9} {'ray/local':>9}")
-    for name in SIZES:
+    for name in sizes:
         r = R[name]
         print(f"{name:>6} {r['params']:>10,} | {r['local_round_trip_ms']:>13.3f} ms {r['ray_round_trip_ms']:>6.2f} ms | "
               f"{r['local_samples_per_s']:>15,.0f} {r['ray_samples_per_s']:>9,.0f} "
               f"{r['ray_samples_per_s'] / r['local_samples_per_s']:>9.2f}")
-    for name in SIZES:
+    print(f"{'push frequency (100 K, k=2)':>28} | {'local':>9} {'ray':>9} {'ray/local':>9}")
+    for key, f in R["freqs"].items():
+        print(f"{key:>28} | {f['local']:>9,.0f} {f['ray']:>9,.0f} {f['ray'] / f['local']:>9.2f}")
+    print(f"sockets of the instance: {R['sockets']['listening']} listening, on {R['sockets']['addresses']}")
+    for name in sizes:
         p = R[name]["ray_parts"]
         print(f"{name:>6} Ray parts: empty call {p['empty_call_ms']:.2f} ms, put {p['put_ms']:.2f} ms, "
               f"zero-copy get {p['get_zero_copy_ms']:.3f} ms, call with the array {p['call_with_array_ms']:.2f} ms, "

@@ -654,3 +654,23 @@ def test_the_trace_on_ray_has_the_actors_spans(ray_session, blobs, tmp_path, uty
         mine = sorted((e["ts"], e["ts"] + e["dur"]) for e in spans if e["pid"] == 1 and e["tid"] == j)
         assert all(a[1] <= b[0] + 1e-3 for a, b in zip(mine, mine[1:]))
     assert any(e["name"] == "pull wait" for e in spans)
+
+
+def test_the_ray_benchmark_runs_in_its_short_form(tmp_path):
+    """benchmarks/ray_bench.py --ci (in a process of its own: it starts its own instance): every
+    figure is there and measured, and every socket of the instance it started is on loopback."""
+    import json
+
+    out = tmp_path / "ray.json"
+    proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "..", "benchmarks", "ray_bench.py"),
+                           "--ci", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    c = r["calls"]
+    assert 0 < c["local_call_s"] and 0 < c["second_ray_call_s"] and 0 < c["third_ray_call_s"] < c["first_ray_call_s"]
+    row = r["100K"]
+    assert row["params"] == 101_770 and row["ray_round_trip_ms"] > 0 and row["local_samples_per_s"] > 0
+    assert set(r["freqs"]) == {f"{u} {f}" for u in ("BSP", "ASP") for f in ("BATCH", "NBATCHES 8", "EPOCH")}
+    assert all(v["local"] > 0 and v["ray"] > 0 for v in r["freqs"].values())
+    assert r["sockets"]["listening"] >= 3 and r["sockets"]["all_loopback"], r["sockets"]
+    assert "push frequency" in proc.stdout
