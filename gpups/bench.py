@@ -438,6 +438,10 @@ def bench_parser(sub: Any) -> None:
     g.add_argument("--scaling", action="store_true", help="samples/s as k and the model grow")
     g.add_argument("--torch", action="store_true",
                    help="LeNet as a torch.nn.Module through gpups.torch beside PyTorch's own loop (needs torch)")
+    g.add_argument("--ctr", action="store_true",
+                   help="DLRM with sparse tables on synthetic_ctr beside the same model in PyTorch (needs torch "
+                        "for its line); sizes from --ctr-n, --ctr-rows, --ctr-tables, and --k (the last), --batch, "
+                        "--epochs, --utypes (the first)")
     g.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="ratio of two runs")
     p.add_argument("--models", default="mlp:784-128-10", help="comma list: softmax, lenet, mlp:784-128-10")
     p.add_argument("--data", default="synthetic:8000", help="comma list: synthetic:N[:D], mnist5k, digits")
@@ -452,6 +456,9 @@ def bench_parser(sub: Any) -> None:
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--trace", action="store_true",
                    help="write each scenario's timeline (traces/N.trace.json) and its Gantt chart and staleness PNGs")
+    p.add_argument("--ctr-n", type=int, default=100_000, help="--ctr: rows of synthetic_ctr")
+    p.add_argument("--ctr-rows", type=int, default=1_000_000, help="--ctr: rows per table")
+    p.add_argument("--ctr-tables", type=int, default=8, help="--ctr: tables (categorical features)")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and plots")
 
 
@@ -479,6 +486,10 @@ def main(args: Any) -> dict[str, Any] | None:
         return None
     if args.torch:
         return torch_main(args)
+    if args.ctr:
+        from .bench_ctr import main as ctr_main
+
+        return ctr_main(args)
     from .device import cuda_available
 
     gpu = cuda_available() if args.device == "auto" else args.device != "cpu"

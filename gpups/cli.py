@@ -12,7 +12,7 @@ import numpy as np
 
 from .options import add_cli_flags, cli_kwargs
 
-MODELS = ("softmax", "mlp", "lenet", "linear")  # the --model choices (models.for_data takes them)
+MODELS = ("softmax", "mlp", "lenet", "linear", "dlrm")  # the --model choices
 
 
 def train_parser(sub: Any) -> None:
@@ -20,9 +20,13 @@ def train_parser(sub: Any) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="mlp", choices=MODELS)
     p.add_argument("--hidden", default="200", help="MLP hidden sizes, comma separated")
-    p.add_argument("--data", default="mnist5k", help="mnist5k, digits, mnist, synthetic, synthetic_regression")
+    p.add_argument("--data", default="mnist5k", help="mnist5k, digits, mnist, synthetic, synthetic_regression; "
+                   "with --model dlrm: synthetic_ctr or criteo:PATH (Criteo TSV, .gz too)")
     p.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (--data mnist)")
-    p.add_argument("--samples", type=int, default=10_000, help="rows of synthetic data")
+    p.add_argument("--samples", type=int, default=10_000, help="rows of synthetic data (criteo: the most rows read)")
+    p.add_argument("--table-rows", type=int, default=100_000, help="--model dlrm: rows per embedding table")
+    p.add_argument("--tables", type=int, default=8, help="--model dlrm --data synthetic_ctr: tables")
+    p.add_argument("--dim", type=int, default=16, help="--model dlrm: embedding width")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=None)
     p.add_argument("--reg", type=float, default=0.0, help="L2 regularisation")
@@ -51,15 +55,18 @@ def train(args: Any) -> dict[str, Any]:
     if args.samples < 2:
         raise ValueError(f"--samples {args.samples} is not allowed: expected at least 2 rows")
     writable_folder("--out", args.out)  # before any work, not after training
-    data = datasets.from_spec(args.data, image=args.model == "lenet", seed=args.seed, folder=args.data_dir,
-                              n=args.samples)
-    net = models.for_data(args.model, data, hidden)
     dtype = np.dtype(args.dtype)
-    X, Xv = data.X.astype(dtype, copy=False), data.Xv.astype(dtype, copy=False)
-    y, yv = data.y, data.yv
-    if args.model == "linear":
-        y, yv = y.astype(dtype), yv.astype(dtype)
-    hp = {"lr": args.lr, "reg": args.reg}
+    if args.model == "dlrm":
+        net, X, y, Xv, yv, name = ctr_problem(args, hidden)
+    else:
+        data = datasets.from_spec(args.data, image=args.model == "lenet", seed=args.seed, folder=args.data_dir,
+                                  n=args.samples)
+        net = models.for_data(args.model, data, hidden)
+        X, Xv = data.X.astype(dtype, copy=False), data.Xv.astype(dtype, copy=False)
+        y, yv, name = data.y, data.yv, data.name
+        if args.model == "linear":
+            y, yv = y.astype(dtype), yv.astype(dtype)
+    hp = {"lr": args.lr, **({"reg": args.reg} if args.reg else {})}  # (a model that reads no reg: no warning)
     if args.momentum is not None:
         hp["momentum"] = args.momentum
     t0 = time.perf_counter()
@@ -68,7 +75,7 @@ def train(args: Any) -> dict[str, Any]:
                           **cli_kwargs(args))
     wall = time.perf_counter() - t0
     os.makedirs(args.out, exist_ok=True)
-    summary = {"model": args.model, "data": data.name, "device": res.device, "utype": args.utype,
+    summary = {"model": args.model, "data": name, "device": res.device, "utype": args.utype,
                "k": args.k, "epochs": args.epochs, "wall_seconds": wall, "final": res.history[-1],
                "history": res.history, "args": vars(args)}
     with open(os.path.join(args.out, "history.json"), "w") as f:
@@ -83,10 +90,35 @@ def train(args: Any) -> dict[str, Any]:
         print(f"wrote the timeline {args.trace}" + "".join(f", {w}" for w in written))
     last = res.history[-1]
     metric = " ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith("val_"))
-    print(f"trained {args.model} on {data.name} ({len(X)} rows) with {args.utype} k={args.k} on "
+    print(f"trained {args.model} on {name} ({len(y)} rows) with {args.utype} k={args.k} on "
           f"{res.device}: {metric} in {wall:.1f}s; wrote {args.out}/history.json, model.npz"
           + (", convergence.png" if plotted else ""))
     return summary
+
+
+def ctr_problem(args: Any, hidden: list[int]) -> tuple[Any, Any, Any, Any, Any, str]:
+    """``--model dlrm``: the DLRM (sparse tables; bottom MLP (hidden..., dim), top MLP (hidden...))
+    and its click data, ``synthetic_ctr`` or ``criteo:PATH``, a tenth held out."""
+    from . import datasets
+    from .models import DLRM
+
+    for flag, v in (("--table-rows", args.table_rows), ("--tables", args.tables), ("--dim", args.dim)):
+        if v < 1:
+            raise ValueError(f"{flag} {v} is not allowed: expected an integer >= 1")
+    if args.dtype != "float32":
+        raise ValueError(f"--dtype {args.dtype} is not allowed with --model dlrm: expected float32")
+    if args.data == "synthetic_ctr":
+        data = datasets.synthetic_ctr(args.samples, [args.table_rows] * args.tables, seed=args.seed)
+    elif args.data.startswith("criteo:"):
+        data = datasets.criteo(args.data[len("criteo:"):], rows_per_table=args.table_rows, limit=args.samples)
+    else:
+        raise ValueError(f"--data {args.data!r} is not allowed with --model dlrm: expected synthetic_ctr or "
+                         "criteo:PATH")
+    tr, va = data.split(0.1)
+    net = DLRM(dense=tr.features["dense"].shape[1], tables=tr.tables, dim=args.dim, bottom=(*hidden, args.dim),
+               top=tuple(hidden), sparse=True)
+    name = args.data.split(":")[0] + f" ({len(tr.tables)} tables of {max(tr.tables):,} rows)"
+    return net, tr.features, tr.labels, va.features, va.labels, name
 
 
 def plot_history(history: list, path: str, args: Any) -> bool:

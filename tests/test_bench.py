@@ -104,6 +104,24 @@ def test_torch_lines_run_and_k1_is_pytorchs_own_arithmetic(tmp_path, capsys):
     assert "vs PyTorch" in capsys.readouterr().out
 
 
+def test_ctr_lines_run_side_by_side(tmp_path, capsys):
+    """gpups bench --ctr: DLRM with sparse tables and the same model in PyTorch, each line with
+    its AUC after every epoch (the AUC-against-time plot), samples/s, row updates/s, peak RSS."""
+    pytest.importorskip("torch")
+    assert cli.main(["bench", "--ctr", "--ctr-n", "3000", "--ctr-rows", "200", "--ctr-tables", "3", "--epochs", "2",
+                     "--k", "2", "--batch", "64", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "ctr.json").read_text())
+    lines = {r["line"]: r for r in doc["lines"]}
+    assert set(lines) == {"gpups", "pytorch"}
+    for r in lines.values():
+        assert r["samples_per_s"] > 0 and 0.5 < r["auc"] <= 1 and r["peak_rss_mb"] > 0
+        assert len(r["curve"]) == 2 and r["curve"][0][0] < r["curve"][1][0] and r["curve"][1][1] == r["auc"]
+    assert lines["gpups"]["row_updates_per_s"] > 0 and doc["config"]["k"] == 2 and doc["config"]["batch"] == 64
+    assert doc["ratio_samples_per_s"] == lines["gpups"]["samples_per_s"] / lines["pytorch"]["samples_per_s"]
+    assert 0.5 < doc["ceiling"]["auc"] < 1 and (tmp_path / "ctr_auc.png").exists()
+    assert "gpups / PyTorch" in capsys.readouterr().out
+
+
 def test_trace_writes_each_scenarios_timeline_and_pictures(tmp_path):
     """gpups bench --trace: a trace file per scenario, counting that scenario's pushes."""
     from gpups.trace import load

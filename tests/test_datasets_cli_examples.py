@@ -86,6 +86,33 @@ def test_gpups_train_reports_bad_options_without_a_traceback(tmp_path, capsys):
     assert "device=['cuda:0', 'cpu'] is not allowed" in capsys.readouterr().err
 
 
+def test_gpups_train_dlrm_on_synthetic_ctr_and_on_a_criteo_file(tmp_path, capsys):
+    from test_dlrm import write_criteo
+
+    out = tmp_path / "run"
+    common = ["--model", "dlrm", "--hidden", "16", "--dim", "8", "--agg", "adagrad", "--lr", "0.05", "--k", "2",
+              "--batchsize", "64", "--epochs", "2", "--device", "cpu", "--quiet"]
+    rc = cli.main(["train", "--data", "synthetic_ctr", "--samples", "6000", "--table-rows", "300", "--tables", "3",
+                   "--out", str(out), *common])
+    assert rc == 0, capsys.readouterr().err
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["final"]["val_auc"] > 0.6 and "val_logloss" in hist["final"]
+    model = np.load(out / "model.npz")
+    assert model["emb0"].shape == (300, 8)
+    assert "trained dlrm on synthetic_ctr (3 tables of 300 rows) (5400 rows)" in capsys.readouterr().out
+    rng = np.random.default_rng(0)
+    rows = [(int(rng.random() < 0.3), [str(int(v)) for v in rng.integers(0, 50, 13)],
+             [format(int(v), "08x") for v in rng.integers(0, 40, 26)]) for _ in range(400)]
+    write_criteo(tmp_path / "day.txt", rows)
+    rc = cli.main(["train", "--data", f"criteo:{tmp_path / 'day.txt'}", "--samples", "1000", "--table-rows", "64",
+                   "--out", str(out), *common])
+    assert rc == 0, capsys.readouterr().err
+    hist = json.loads((out / "history.json").read_text())
+    assert len(hist["history"]) == 2 and np.load(out / "model.npz")["emb25"].shape == (64, 8)
+    rc = cli.main(["train", "--model", "dlrm", "--data", "digits", "--out", str(out)])
+    assert rc == 2 and "--data 'digits' is not allowed with --model dlrm" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("script,args", [("quickstart.py", []), ("custom_upd_agg.py", []),
                                          ("compare_sync_modes.py", []), ("lenet.py", ["1024"]),
                                          pytest.param("ray_backend.py", [], marks=pytest.mark.ray)])
