@@ -1,7 +1,9 @@
 """``gpups bench --ctr``: DLRM on ``synthetic_ctr`` with sparse tables, beside the same model in
 plain PyTorch (``nn.EmbeddingBag(sparse=True)`` + Adagrad over the same batches), in one run.
 
-Each line runs in a process of its own (PyTorch's OpenMP threads keep spinning after its ops and
+``batch`` is the global batch: each of gpups' k workers takes ``batch / k`` rows, so a BSP round
+(the mean of k pushes) is one PyTorch step over as many rows: the same algorithm, so the two
+should reach the same AUC, and samples/s compares like with like. Each line runs in a process of its own (PyTorch's OpenMP threads keep spinning after its ops and
 slow other kernels in the same process). A line reports samples/s (training time only), the
 validation AUC and logloss after every epoch with the time it was reached (the AUC-against-time
 plot), server row updates/s (gpups: rows its tables' shards updated, from the pushes' touched
@@ -37,16 +39,17 @@ def run_gpups(cfg: dict[str, Any]) -> dict[str, Any]:
 
     _, tr, va = _data(cfg)
     net = DLRM(dense=13, tables=tr.tables, dim=cfg["dim"], bottom=(64, cfg["dim"]), top=(64,), sparse=True)
+    per_worker = max(1, cfg["batch"] // cfg["k"])  # a BSP round of k workers is PyTorch's one batch
     res = gpups.paramserv(net.init(0), tr.features, tr.labels, upd=net.gradients, agg="adagrad", k=cfg["k"],
-                          utype=cfg["utype"], batchsize=cfg["batch"], epochs=cfg["epochs"],
+                          utype=cfg["utype"], batchsize=per_worker, epochs=cfg["epochs"],
                           hyperparams={"lr": cfg["lr"]}, val_features=va.features, val_labels=va.labels,
                           device="cpu", progress=False)
     h = res.history
     secs = sum(r["seconds"] for r in h)
     # rows a shard updates per push: the distinct ids of the pushed batches, per table
     cat = tr.features["cat"]
-    per_batch = [sum(len(np.unique(cat[lo:lo + cfg["batch"], t])) for t in range(cat.shape[1]))
-                 for lo in range(0, len(cat), cfg["batch"])]
+    per_batch = [sum(len(np.unique(cat[lo:lo + per_worker, t])) for t in range(cat.shape[1]))
+                 for lo in range(0, len(cat), per_worker)]
     return {"line": "gpups", "samples_per_s": sum(r["samples"] for r in h) / secs, "auc": h[-1]["val_auc"],
             "logloss": h[-1]["val_logloss"], "row_updates_per_s": cfg["epochs"] * sum(per_batch) / secs,
             "curve": [(sum(r["seconds"] for r in h[:i + 1]), h[i]["val_auc"]) for i in range(len(h))]}
