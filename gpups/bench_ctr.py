@@ -71,7 +71,7 @@ def run_torch(cfg: dict[str, Any]) -> dict[str, Any]:
             self.bot = nn.Sequential(nn.Linear(13, 64), nn.ReLU(), nn.Linear(64, d), nn.ReLU())
             self.emb = nn.ModuleList([nn.EmbeddingBag(r, d, mode="sum", sparse=True) for r in tr.tables])
             for e, r in zip(self.emb, tr.tables):
-                nn.init.uniform_(e.weight, -(1 / r) ** 0.5, (1 / r) ** 0.5)
+                nn.init.uniform_(e.weight, -(1 / r) ** 0.5, (1 / r) ** 0.5)  # type: ignore[arg-type]
             f = T + 1
             self.li, self.lj = torch.triu_indices(f, f, 1)
             self.top = nn.Sequential(nn.Linear(d + len(self.li), 64), nn.ReLU(), nn.Linear(64, 1))

@@ -576,12 +576,20 @@ def test_drop_on_ray_matches_the_local_backend(ray_session, mode, capfd):
         assert_models_close(res.model, local.model, rtol=1e-10, atol=1e-12)
 
 
-def killing_worker(net, who, marker):
+def killing_worker(net, who, marker, once=None):
     """net.gradients, except that worker ``who``'s process kills itself while ``marker`` exists
-    (so every restart of it dies too)."""
+    (so every restart of it dies too); with ``once=(j, path)``, worker j's process kills itself
+    once when ``path`` exists (the first to rename it)."""
     def upd(params, x, y, hp, out=None):
         if hp.get("worker") == who and os.path.exists(marker):
             os.kill(os.getpid(), signal.SIGKILL)
+        if once is not None and hp.get("worker") == once[0]:
+            try:
+                os.rename(once[1], once[1] + ".taken")
+            except FileNotFoundError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
         return net.gradients(params, x, y, hp, out=out)
     return upd
 
@@ -605,22 +613,26 @@ def mark_after_epoch(runs, epoch, marker):
 def test_a_worker_past_rays_restarts_is_dropped(ray_session, blobs, tmp_path, live_runs, utype, checkpoint, capfd):
     """Worker 1's process dies at every call from epoch 2 on: once Ray's restarts are used up it
     leaves the run, the epoch is done again by worker 0 (from the checkpoint, or from where the
-    server is), its rows go to worker 0, and the run ends trained."""
+    server is), its rows go to worker 0, and the run ends trained; worker 0's process dying once
+    in epoch 3 restarts it with all those rows."""
     X, y = blobs
     net = small_net()
-    marker = str(tmp_path / "die")
+    marker, again = str(tmp_path / "die"), str(tmp_path / "again")
     t = mark_after_epoch(live_runs, 1, marker)
+    t2 = mark_after_epoch(live_runs, 2, again)  # then worker 0, holding worker 1's rows, dies once
     params = net.init(0, dtype=np.float64)
-    res = run(ray_session, params, X, y, "ray", upd=killing_worker(net, 1, marker), utype=utype, k=2,
+    res = run(ray_session, params, X, y, "ray", upd=killing_worker(net, 1, marker, once=(0, again)), utype=utype, k=2,
               batchsize=10, epochs=3, on_worker_error="drop",
               checkpoint=str(tmp_path / "ck") if checkpoint else None)
     t.join()
+    t2.join()
+    assert os.path.exists(again + ".taken"), "worker 0 was not killed in epoch 3"
     h = res.history
     assert res.dropped == [1]
     assert [r["epoch"] for r in h] == [1, 2, 3]
     assert [r["alive"] for r in h] == [2, 1, 1]
     assert h[1]["failures"] == [0, 1] and h[1]["recovery_seconds"] > 0
-    # epoch 2 done again by worker 0 alone, worker 1's 120 rows dealt to it
+    # epoch 2 done again by worker 0 alone, worker 1's 120 rows dealt to it (kept by its restart in epoch 3)
     assert h[1]["pushes"] == h[2]["pushes"] == [24, 0] and h[1]["samples"] == h[2]["samples"] == 240
     assert net.evaluate(res.model, X, y)["accuracy"] > max(0.85, net.evaluate(params, X, y)["accuracy"])
     err = capfd.readouterr().err

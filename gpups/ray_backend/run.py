@@ -250,10 +250,11 @@ class RayBackend:
         self.data_refs += [r for pair in data for r in pair]
         self.drop = opts.on_worker_error == "drop"
         self.tolerate = opts.max_worker_failures if self.drop else None
-        actors = [self.role(hosts[j], WorkerActor, j, data[j], layout, upd, opts.agg, hp, opts.batchsize, opts.push,
-                            k, cuts, max(1, int(cpus)), gpus > 0, shards if policy.unlocked else (),
-                            keep_state=opts.nonfinite == "skip" or self.drop, tolerate=self.tolerate)
-                  for j in range(k)]
+        self.worker_args = [((j, data[j], layout, upd, opts.agg, hp, opts.batchsize, opts.push, k, cuts,
+                              max(1, int(cpus)), gpus > 0, shards if policy.unlocked else ()),
+                             {"keep_state": opts.nonfinite == "skip" or self.drop, "tolerate": self.tolerate})
+                            for j in range(k)]
+        actors = [self.role(hosts[j], WorkerActor, *a, **kw) for j, (a, kw) in enumerate(self.worker_args)]
         self.held = [[pair] for pair in data]  # each worker's rows, as (features, labels) refs
         self.actors += actors
         try:
@@ -473,6 +474,19 @@ class RayBackend:
                 self.held[taker.j].append(pair)
                 taker.n = self.server.event(taker.actor.take_rows.remote(pair), f"worker {taker.j}").synchronize()
                 taker.batches = -(-taker.n // taker.batchsize)
+                self.reissue(taker.j)
+
+    def reissue(self, j: int) -> None:
+        """Worker j's role set-up with all the rows it holds now: a host that Ray restarts later
+        builds it with them (the running host keeps its role: the run id is unchanged)."""
+        got = self.ray.get([r for pair in self.held[j] for r in pair])
+        whole = [self.ray.put(np.concatenate(got[0::2])), self.ray.put(np.concatenate(got[1::2]))]
+        args, kw = self.worker_args[j]
+        args = (args[0], whole, *args[2:])
+        self.worker_args[j] = (args, kw)
+        ref = self.ray.put((WorkerActor, args, kw))
+        self.data_refs += [*whole, ref]
+        self.workers[j].actor.setup[1] = ref
 
     def attach(self, trace: Any) -> None:
         """The actors record their spans (workers: pull wait, pull, interval, HOGWILD's push;
