@@ -73,6 +73,8 @@ def test_a_worker_failing_in_epoch_2_is_dropped_and_the_run_finishes(mode, capfd
     assert h[1]["samples"] == n[0] + n[2] and h[2]["samples"] == N
     assert "skipped" not in h[1]  # a discarded push is not a non-finite one
     err = capfd.readouterr().err
+    told = [ln for ln in err.splitlines() if ln.startswith("gpups: worker 1 failed in epoch 2")]
+    assert [ln.split("batch ")[1].split()[0] for ln in told] == ["1", "2", "3"], told  # its 3 intervals
     assert "worker 1 failed in epoch 2, batch 1 (RuntimeError: disk gone on worker 1)" in err
     assert "the run goes on without it" in err
     if mode["utype"] in ("BSP", "SBP", "SSP", "ASP"):  # (HOGWILD's race makes the model vary)
@@ -169,3 +171,51 @@ def test_a_failed_interval_puts_the_local_optimizer_state_back(agg):
     assert [r["failures"] for r in first.history] == [[0, 0, 0], [0, 0, 1], [0, 0, 0]]
     for name in first.model:
         np.testing.assert_array_equal(first.model[name], last.model[name], err_msg=name)
+
+
+def test_a_failed_intervals_earlier_batches_keep_their_losses_in_the_epochs_mean():
+    """freq=NBATCHES 4: worker 1 fails at the third batch of its second interval of epoch 2; the
+    epoch's loss is the mean of every loss upd returned in it (those two batches included)."""
+    X, y = problem()
+    net = small_net()
+    batches = [math.ceil(s / B) for s in sizes()]
+    losses, calls = [], [0]
+
+    def upd(params, x, yb, hp):
+        if hp.get("worker") == 1:
+            calls[0] += 1
+            if calls[0] == batches[1] + 4 + 3:  # (the third batch of its second interval)
+                raise RuntimeError("flaky")
+        g, loss = net.gradients(params, x, yb, hp)
+        if "worker" in hp:
+            losses.append(float(loss))
+        return g, loss
+    res = run(upd, net, X, y, freq="NBATCHES", nbatches=4, utype="BSP", on_worker_error="drop", epochs=2)
+    assert [r["failures"] for r in res.history] == [[0, 0, 0], [0, 1, 0]]
+    first = sum(batches)  # epoch 1: every batch once
+    assert res.history[0]["loss"] == pytest.approx(np.mean(losses[:first]), rel=1e-12)
+    assert len(losses) == 2 * first - 2  # (epoch 2: the failing batch and the interval's last one returned none)
+    assert res.history[1]["loss"] == pytest.approx(np.mean(losses[first:]), rel=1e-12)
+
+
+def test_with_no_failures_allowed_one_failure_drops_the_worker():
+    X, y = problem()
+    net = small_net()
+    batches = [math.ceil(s / B) for s in sizes()]
+    upd = failing(net, 2, 2, batches, until_epoch=2)
+    res = run(upd, net, X, y, freq="EPOCH", on_worker_error="drop", max_worker_failures=0)
+    assert res.dropped == [2] and [r["alive"] for r in res.history] == [3, 2, 2]
+
+
+def test_a_dropped_workers_named_columns_go_to_the_others():
+    """Features as named columns: a dropped worker's rows of every column are dealt to the
+    others (epoch 3 trains every row again)."""
+    X, y = problem()
+    net = small_net()
+    batches = [math.ceil(s / B) for s in sizes()]
+    inner = failing(net, 1, 2, batches)
+
+    def upd(params, x, yb, hp):
+        return inner(params, np.concatenate([x["a"], x["b"]], 1), yb, hp)
+    res = run(upd, net, {"a": X[:, :2], "b": X[:, 2:]}, y, on_worker_error="drop", max_worker_failures=0)
+    assert res.dropped == [1] and res.history[2]["samples"] == N

@@ -201,3 +201,12 @@ def test_dedup_sums_repeats_in_the_order_they_came(rows, dim):
     ref = np.zeros((10, dim))
     np.add.at(ref, rows, values)  # (adds in index order, as dedup does)
     np.testing.assert_array_equal(v, ref[u])
+
+
+def test_a_resume_on_other_workers_and_shards_keeps_the_tables(tmp_path):
+    """A resume that re-cuts the dense state (k 3 -> 2, servers 1 -> 2) carries the tables and
+    their row state as they were: zero epochs after it return the checkpoint's table."""
+    run(True, agg="adagrad", epochs=1, checkpoint=str(tmp_path))
+    saved = gpups.checkpoint.load_latest(str(tmp_path))["server"]["tables"]
+    res = run(True, agg="adagrad", epochs=1, k=2, servers=2, checkpoint=str(tmp_path), resume=True)
+    np.testing.assert_array_equal(res.model["E"], saved["E"]["w"])
