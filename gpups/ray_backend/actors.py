@@ -260,8 +260,15 @@ def fetch(items: list) -> list:
     return list(items)
 
 
+_LIMITED: list[int] = []  # the share this process was limited to (a pooled host keeps it)
+
+
 def limit_threads(n: int) -> None:
-    """This actor's share of the node: numba's and the BLAS's thread counts."""
+    """This actor's share of the node: numba's and the BLAS's thread counts (set once per share:
+    threadpoolctl inspects every loaded library, a tenth of a second)."""
+    if _LIMITED == [n]:
+        return
+    _LIMITED[:] = [n]
     try:
         import numba
 
