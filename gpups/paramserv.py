@@ -127,7 +127,7 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
             out[name] = np.array(arr, copy=True) if in_xp is np else in_xp.asarray(arr).copy()
         tables_now = getattr(run.server, "tables", None)  # (the local backend's TableServer)
         if tables_now is not None:
-            out.update({name: w.copy() for name, w in tables_now.model().items()})
+            out.update(tables_now.model())  # (the run is over: its tables are the result, not copied)
         out = {name: out[name] for name in model}  # (the model's order)
         graphs = sum(len(w.graphs.graphs) for w in run.workers if getattr(w, "graphs", None) is not None)
         dropped = [w.j for w in run.workers if w.out]
