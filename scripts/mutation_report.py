@@ -73,6 +73,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=None, help="how long the run took (for the report)")
     ap.add_argument("--out", default=os.path.join(HERE, "docs", "mutation.md"))
+    ap.add_argument("--note", default=None, help="a line about this run (e.g. that it was stopped early)")
     args = ap.parse_args()
     res = results()
     counts = collections.Counter(res.values())
@@ -90,7 +91,8 @@ def main() -> int:
            "Ray); `python scripts/mutation_report.py` wrote this page from its results.", "",
            f"- mutants checked: {checked} ({dict(counts)})" + (f"; the run took {args.seconds} s" if args.seconds else ""),
            f"- survivors in classes that cannot change a CPU run's result: {equivalent}",
-           f"- **killed: {killed} of the {checked - equivalent} that can, {100 * rate:.1f} %**", "",
+           f"- **killed: {killed} of the {checked - equivalent} that can, {100 * rate:.1f} %**",
+           *([f"- {args.note}"] if args.note else []), "",
            "| class | survivors | why it cannot change a CPU run's result |", "|---|---|---|"]
     for cls, why, _ in CLASSES:
         doc.append(f"| {cls} | {len(by_class.get(cls, []))} | {why} |")
