@@ -95,7 +95,9 @@ class TableServer:
         for name, a in tables.items():
             w = np.array(a, copy=True, order="C")  # the server's copy: allocated once
             shape = (w.shape[0], 1) if rule == "rowwise_adagrad" else w.shape
-            self.tables[name] = ServerTable(name, w, {s: np.zeros(shape, w.dtype) for s in SLOTS[rule]})
+            # (np.full writes every page now: np.zeros maps them lazily, and the first touch of each
+            # page by a row update would then fault inside the training loop)
+            self.tables[name] = ServerTable(name, w, {s: np.full(shape, 0, w.dtype) for s in SLOTS[rule]})
         self.payloads: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{} for _ in range(k)]
         self.row_updates = 0  # rows updated so far (the bench's server row updates/s)
 
