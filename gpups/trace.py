@@ -49,8 +49,7 @@ class Trace:
     def resolve(self) -> None:
         """At the epoch barrier: the device spans recorded since the last call, on the host clock."""
         if self.clock is not None:
-            for rec in self.clock.resolve():
-                self.raw.append(rec)
+            self.raw.extend(self.clock.resolve())
 
     def counter(self, name: str, t: float, **values: float) -> None:
         self.raw.append((RUN, None, name, t, None, values))

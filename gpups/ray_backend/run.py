@@ -399,11 +399,10 @@ class RayBackend:
             log(f"gpups: worker {j} died in epoch {w.epoch + 1} and Ray's {RESTARTS} restarts are used up "
                 f"({type(err.exc).__name__}); the run goes on without it and does the epoch again")
         self.settle(READY_TIMEOUT)
-        if restore() is None:
-            pulls = [self.server.event(a.pull.remote(), f"server shard {s}").synchronize()
-                     for s, a in enumerate(self.server.actors)]
-            self.server.current = [self.ray.put(w) for w, _ in pulls]
-            self.server.version = int(pulls[0][1])
+        if restore() is None:  # the shards' parameters where they are, and their version count
+            self.server.current = [a.params.remote() for a in self.server.actors]
+            self.server.version = int(self.server.event(self.server.actors[0].pull.remote(),
+                                                         "server shard 0").synchronize()[1])
 
     def barrier(self, progress: Any) -> None:
         """Every call of the epoch done: fold their statuses into the workers' accounts."""
