@@ -56,7 +56,8 @@ class RayEvent:
         """The call's result. A failure raises :class:`StreamError` naming the actor that
         failed; if that is this call's worker and it may be resubmitted, it is, until the
         restarts run out."""
-        for attempt in range(RESTARTS + 1):
+        attempt = unavailable = 0
+        while True:
             try:
                 return self.ray.get(self.ref, timeout=timeout)
             except self.ray.exceptions.RayError as exc:
@@ -66,11 +67,17 @@ class RayEvent:
                 who = getattr(getattr(exc, "cause", None), "gpups_who", None) or self.names.get(
                     actor if isinstance(actor, str) else getattr(actor, "hex", lambda: "")(), self.who)
                 died = isinstance(exc, self.ray.exceptions.RayActorError)
-                if not (died and who == self.who and self.retry is not None and attempt < RESTARTS):
+                # (a call that reached the actor while Ray was restarting it: not a restart of its own)
+                busy = isinstance(exc, self.ray.exceptions.ActorUnavailableError) and unavailable < 10 * RESTARTS
+                if not (died and who == self.who and self.retry is not None and (busy or attempt < RESTARTS)):
                     cause = getattr(exc, "cause", None)  # a task's own exception, unwrapped
                     raise StreamError(who, cause if isinstance(cause, Exception) else exc) from exc
-                self.retry(attempt + 1)
-        raise AssertionError("unreachable")
+                if busy:
+                    unavailable += 1
+                    time.sleep(0.05)
+                else:
+                    attempt += 1
+                self.retry(attempt)
 
 
 class RayDevice(CPUDevice):
