@@ -122,45 +122,69 @@ def _softmax_eval(z, b, y):
 
 
 def _im2col(x, kh, kw, pad, cols):
-    """x (n, H, W, C) -> cols (n*Ho*Wo, kh*kw*C), stride 1, zero padding ``pad``."""
+    """x (n, H, W, C) -> cols (n*Ho*Wo, kh*kw*C), stride 1, zero padding ``pad``. Each kernel row
+    is one run of kw*C values: with C >= 8 copied as slices of x (they vectorise; indexing with
+    offsets does not, numba's negative-index wrap is in the way), with fewer channels from a
+    zero-padded copy of the image row (short slices cost more than they copy)."""
     n, H, W, C = x.shape
     Ho, Wo = H + 2 * pad - kh + 1, W + 2 * pad - kw + 1
-    for q in prange(n * Ho):
-        i, oy = q // Ho, q % Ho
-        for ox in range(Wo):
-            r = (i * Ho + oy) * Wo + ox
-            col = 0
+    x3 = x.reshape(n, H, W * C)
+    KC = kw * C
+    if C >= 8:
+        for q in prange(n * Ho):
+            i, oy = q // Ho, q % Ho
+            for ox in range(Wo):
+                r = (i * Ho + oy) * Wo + ox
+                x0 = ox - pad
+                lo, hi = max(0, -x0), min(kw, W - x0)
+                for ky in range(kh):
+                    yy = oy + ky - pad
+                    base = ky * KC
+                    if yy < 0 or yy >= H:
+                        cols[r, base:base + KC] = 0.0
+                    else:
+                        cols[r, base:base + lo * C] = 0.0
+                        cols[r, base + lo * C:base + hi * C] = x3[i, yy, (x0 + lo) * C:(x0 + hi) * C]
+                        cols[r, base + max(hi, lo) * C:base + KC] = 0.0
+    else:
+        for q in prange(n * Ho):
+            i, oy = q // Ho, q % Ho
+            row = np.zeros((W + 2 * pad + kw) * C, x.dtype)
             for ky in range(kh):
                 yy = oy + ky - pad
-                for kx in range(kw):
-                    xx = ox + kx - pad
-                    if 0 <= yy < H and 0 <= xx < W:
-                        for c in range(C):
-                            cols[r, col + c] = x[i, yy, xx, c]
-                    else:
-                        for c in range(C):
-                            cols[r, col + c] = 0.0
-                    col += C
+                if 0 <= yy < H:
+                    src = x3[i, yy]
+                    for t in range(W * C):
+                        row[pad * C + t] = src[t]
+                else:
+                    row[:] = 0.0
+                for ox in range(Wo):
+                    dst = cols[(i * Ho + oy) * Wo + ox, ky * KC:(ky + 1) * KC]
+                    run = row[ox * C:ox * C + KC]
+                    for t in range(KC):
+                        dst[t] = run[t]
 
 
 def _col2im(cols, kh, kw, pad, dx):
     """Adjoint of im2col: dx (n, H, W, C) = sum of the column entries that read each pixel."""
     n, H, W, C = dx.shape
     Ho, Wo = H + 2 * pad - kh + 1, W + 2 * pad - kw + 1
+    d3 = dx.reshape(n, H, W * C)
+    KC = kw * C
     for i in prange(n):
-        dx[i] = 0.0
+        d3[i] = 0.0
         for oy in range(Ho):
             for ox in range(Wo):
                 r = (i * Ho + oy) * Wo + ox
-                col = 0
+                x0 = ox - pad
+                lo, hi = max(0, -x0), min(kw, W - x0)
                 for ky in range(kh):
                     yy = oy + ky - pad
-                    for kx in range(kw):
-                        xx = ox + kx - pad
-                        if 0 <= yy < H and 0 <= xx < W:
-                            for c in range(C):
-                                dx[i, yy, xx, c] += cols[r, col + c]
-                        col += C
+                    if 0 <= yy < H and hi > lo:
+                        dst = d3[i, yy, (x0 + lo) * C:(x0 + hi) * C]
+                        src = cols[r, ky * KC + lo * C:ky * KC + hi * C]
+                        for t in range(dst.shape[0]):  # (from 0: no wrap check, vectorises)
+                            dst[t] += src[t]
 
 
 def _maxpool2(x, y, arg):

@@ -111,7 +111,8 @@ class ArrayOps:
 class NumbaOps:
     """The numba kernels: parallel for large tensors on the main thread (a lone worker runs
     inline there and has the cores to itself), serial otherwise (small tensors, where waking
-    OpenMP threads costs more than it saves, and worker threads, which run concurrently)."""
+    OpenMP threads costs more than it saves, and worker threads, which run concurrently); the size
+    is that of the largest array (im2col's output, not its input)."""
 
     @staticmethod
     def gemm(a: Any, b: Any, out: Any) -> Any:
@@ -123,7 +124,7 @@ class NumbaOps:
         par, ser = getattr(cpu_nn.parallel_ops, name), getattr(cpu_nn.serial_ops, name)
 
         def call(*args: Any) -> Any:
-            return twin(par, ser, args[0].size)(*args)
+            return twin(par, ser, max(a.size for a in args if hasattr(a, "size")))(*args)
 
         setattr(self, name, call)
         return call
