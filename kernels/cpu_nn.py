@@ -38,26 +38,38 @@ def _bias_act(z, b, act):
 
 
 def _act_back_colsum(d, h, db, act):
-    """d *= act'(h) (h = activation output), then db = column sums of d."""
+    """d *= act'(h) (h = activation output), and db = column sums of d, in one pass: row blocks
+    in parallel, each summing into its own row of partial sums (row order vectorises over j)."""
     n, m = d.shape
-    if act == RELU:
-        for i in prange(n):
-            for j in range(m):
-                if h[i, j] <= 0:
-                    d[i, j] = 0.0
-    elif act == TANH:
-        for i in prange(n):
-            for j in range(m):
-                d[i, j] *= 1.0 - h[i, j] * h[i, j]
-    elif act == SIGMOID:
-        for i in prange(n):
-            for j in range(m):
-                d[i, j] *= h[i, j] * (1.0 - h[i, j])
-    for j in prange(m):
-        db[j] = 0.0
-    for i in range(n):  # row order: vectorises over j, one pass
-        for j in range(m):
-            db[j] += d[i, j]
+    nb = max(1, min(16, n // 64))
+    part = np.zeros((nb, m), db.dtype)
+    for blk in prange(nb):
+        acc = part[blk]
+        for i in range(blk * n // nb, (blk + 1) * n // nb):
+            row, out = h[i], d[i]
+            if act == RELU:
+                for j in range(m):
+                    v = out[j] if row[j] > 0 else 0.0
+                    out[j] = v
+                    acc[j] += v
+            elif act == TANH:
+                for j in range(m):
+                    v = out[j] * (1.0 - row[j] * row[j])
+                    out[j] = v
+                    acc[j] += v
+            elif act == SIGMOID:
+                for j in range(m):
+                    v = out[j] * row[j] * (1.0 - row[j])
+                    out[j] = v
+                    acc[j] += v
+            else:
+                for j in range(m):
+                    acc[j] += out[j]
+    for j in range(m):
+        t = 0.0
+        for blk in range(nb):
+            t += part[blk, j]
+        db[j] = t
 
 
 @njit(nogil=True, cache=True)
