@@ -34,22 +34,26 @@ def _good_scale(rows, bad, scale):
 @njit(nogil=True, cache=True, inline="always")
 def _gather(G, rows, bad, scale, lo, hi, acc):
     """acc[:hi-lo] = scale * sum(G[good rows, lo:hi]); element-wise loops, so they vectorise.
-    (With one row and scale 1, the common k=1 case, it is a plain copy into L1.)"""
+    (With one row and scale 1, the common k=1 case, it is a plain copy into L1.) Every loop in
+    these kernels runs over slices indexed from 0: an index with an offset (``w[i]``, i from lo)
+    keeps numba's negative-index wrap check in the loop, which stops LLVM vectorising it."""
     first = True
+    L = hi - lo
     for t in range(rows.shape[0]):
         r = rows[t]
         if bad[r] != 0:
             continue
+        src = G[r, lo:hi]
         if first:
-            for i in range(lo, hi):
-                acc[i - lo] = G[r, i]
+            for i in range(L):
+                acc[i] = src[i]
             first = False
         else:
-            for i in range(lo, hi):
-                acc[i - lo] += G[r, i]
+            for i in range(L):
+                acc[i] += src[i]
     if scale != 1:
-        for i in range(lo, hi):
-            acc[i - lo] *= scale
+        for i in range(L):
+            acc[i] *= scale
 
 
 def _sgd(G, rows, bad, scale, w, lr):
@@ -61,8 +65,9 @@ def _sgd(G, rows, bad, scale, w, lr):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         g = np.empty(CHUNK, w.dtype)
         _gather(G, rows, bad, scale, lo, hi, g)
-        for i in range(lo, hi):
-            w[i] -= lr * g[i - lo]
+        w_ = w[lo:hi]
+        for i in range(hi - lo):
+            w_[i] -= lr * g[i]
 
 
 def _momentum(G, rows, bad, scale, w, v, lr, mu):
@@ -74,10 +79,11 @@ def _momentum(G, rows, bad, scale, w, v, lr, mu):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         g = np.empty(CHUNK, w.dtype)
         _gather(G, rows, bad, scale, lo, hi, g)
-        for i in range(lo, hi):
-            vi = mu * v[i] + g[i - lo]
-            v[i] = vi
-            w[i] -= lr * vi
+        w_, v_ = w[lo:hi], v[lo:hi]
+        for i in range(hi - lo):
+            vi = mu * v_[i] + g[i]
+            v_[i] = vi
+            w_[i] -= lr * vi
 
 
 def _nesterov(G, rows, bad, scale, w, v, lr, mu):
@@ -89,11 +95,12 @@ def _nesterov(G, rows, bad, scale, w, v, lr, mu):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         g = np.empty(CHUNK, w.dtype)
         _gather(G, rows, bad, scale, lo, hi, g)
-        for i in range(lo, hi):
-            gi = g[i - lo]
-            vi = mu * v[i] + gi
-            v[i] = vi
-            w[i] -= lr * (gi + mu * vi)
+        w_, v_ = w[lo:hi], v[lo:hi]
+        for i in range(hi - lo):
+            gi = g[i]
+            vi = mu * v_[i] + gi
+            v_[i] = vi
+            w_[i] -= lr * (gi + mu * vi)
 
 
 def _adagrad(G, rows, bad, scale, w, h, lr, eps):
@@ -105,11 +112,12 @@ def _adagrad(G, rows, bad, scale, w, h, lr, eps):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         g = np.empty(CHUNK, w.dtype)
         _gather(G, rows, bad, scale, lo, hi, g)
-        for i in range(lo, hi):
-            gi = g[i - lo]
-            hi_ = h[i] + gi * gi
-            h[i] = hi_
-            w[i] -= lr * gi / (np.sqrt(hi_) + eps)
+        w_, h_ = w[lo:hi], h[lo:hi]
+        for i in range(hi - lo):
+            gi = g[i]
+            hi_ = h_[i] + gi * gi
+            h_[i] = hi_
+            w_[i] -= lr * gi / (np.sqrt(hi_) + eps)
 
 
 def _adam(G, rows, bad, scale, w, m, v, lr, b1, b2, eps, bc1, bc2):
@@ -123,13 +131,14 @@ def _adam(G, rows, bad, scale, w, m, v, lr, b1, b2, eps, bc1, bc2):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         g = np.empty(CHUNK, w.dtype)
         _gather(G, rows, bad, scale, lo, hi, g)
-        for i in range(lo, hi):
-            gi = g[i - lo]
-            mi = b1 * m[i] + (one - b1) * gi
-            vi = b2 * v[i] + (one - b2) * gi * gi
-            m[i] = mi
-            v[i] = vi
-            w[i] -= lr * (mi * bc1) / (np.sqrt(vi * bc2) + eps)
+        w_, m_, v_ = w[lo:hi], m[lo:hi], v[lo:hi]
+        for i in range(hi - lo):
+            gi = g[i]
+            mi = b1 * m_[i] + (one - b1) * gi
+            vi = b2 * v_[i] + (one - b2) * gi * gi
+            m_[i] = mi
+            v_[i] = vi
+            w_[i] -= lr * (mi * bc1) / (np.sqrt(vi * bc2) + eps)
 
 
 def _aggregate(G, rows, bad, scale, out):

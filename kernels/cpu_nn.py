@@ -165,9 +165,9 @@ def _im2col(x, kh, kw, pad, cols):
             for ky in range(kh):
                 yy = oy + ky - pad
                 if 0 <= yy < H:
-                    src = x3[i, yy]
+                    src, mid = x3[i, yy], row[pad * C:(pad + W) * C]
                     for t in range(W * C):
-                        row[pad * C + t] = src[t]
+                        mid[t] = src[t]
                 else:
                     row[:] = 0.0
                 for ox in range(Wo):
