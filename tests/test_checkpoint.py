@@ -1,5 +1,6 @@
 """Checkpoints: atomic writes, resume after a crash gives the unbroken run's model."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -76,3 +77,92 @@ def test_resume_with_an_empty_folder_starts_fresh(blobs, tmp_path):
     a = run(params, X, y, str(tmp_path / "new"), epochs=2, resume=True)
     b = run(params, X, y, None, epochs=2)
     assert_models_close(a.model, b.model, rtol=0, atol=0)
+
+
+def _rewrite(path, edit):
+    import pickle
+
+    state = ckpt.read(path)
+    edit(state)
+    with open(path, "wb") as f:
+        pickle.dump(state, f)
+
+
+def test_a_checkpoint_missing_a_field_or_not_a_dict_is_refused(blobs, tmp_path):
+    import pickle
+
+    X, y = blobs
+    run(small_net().init(0), X, y, str(tmp_path), epochs=1)
+    path = ckpt.checkpoints(str(tmp_path))[-1]
+    for key in ckpt.KEYS:
+        if key == "format":
+            continue
+        bad = str(tmp_path / f"no-{key}.pkl")
+        state = ckpt.read(path)
+        del state[key]
+        with open(bad, "wb") as f:
+            pickle.dump(state, f)
+        with pytest.raises(ValueError, match="not a gpups checkpoint"):
+            ckpt.read(bad)
+    with open(tmp_path / "list.pkl", "wb") as f:
+        pickle.dump([1, 2], f)
+    with pytest.raises(ValueError, match="not a gpups checkpoint"):
+        ckpt.read(str(tmp_path / "list.pkl"))
+
+
+def test_a_checkpoint_is_written_to_a_hidden_temp_file_beside_it_then_renamed(tmp_path, monkeypatch):
+    import pickle
+
+    moves = []
+    real = os.replace
+    monkeypatch.setattr(ckpt.os, "replace", lambda src, dst: (moves.append((src, dst)), real(src, dst)))
+    path = ckpt.save(str(tmp_path), 3, {"a": np.arange(3)})
+    (src, dst), = moves
+    assert dst == path and os.path.dirname(src) == str(tmp_path)  # same folder: the rename is atomic
+    assert ckpt._TMP.match(os.path.basename(src))  # a killed run's leftover is recognised and removed
+    assert os.path.basename(src).startswith(".tmp-") and src.endswith(".ckpt")
+    with open(path, "rb") as f:  # protocol 5: arrays written from their buffers
+        assert f.read(2) == b"\x80" + bytes([pickle.HIGHEST_PROTOCOL])
+
+
+def test_a_checkpoint_of_an_earlier_version_resumes_with_the_defaults_it_ran_with(blobs, tmp_path):
+    """Checkpoints written before ``cuts``, ``nbatches``, ``staleness`` and ``backup`` were
+    recorded resume as if those held their defaults: the same model as from the full checkpoint,
+    and no change reported."""
+    X, y = blobs
+    params = small_net().init(0, dtype=np.float64)
+    full, old = str(tmp_path / "full"), str(tmp_path / "old")
+    for folder in (full, old):
+        run(params, X, y, folder, epochs=1, servers=2)
+
+    def strip(state):
+        del state["cuts"]
+        for key in ("nbatches", "staleness", "backup"):
+            state["fingerprint"].pop(key, None)
+    _rewrite(ckpt.checkpoints(old)[-1], strip)
+    a = run(params, X, y, full, epochs=2, servers=1, resume=True)
+    b = run(params, X, y, old, epochs=2, servers=1, resume=True)
+    assert_models_close(b.model, a.model, rtol=0, atol=0)
+    assert a.history[1]["resumed_with"] == {"servers": [2, 1]}
+    assert b.history[1]["resumed_with"] == {"servers": [2, 1]}
+
+
+@pytest.mark.parametrize("mode,key,value", [("SSP", "staleness", 2), ("SBP", "backup", 1)])
+def test_an_earlier_checkpoint_without_the_modes_parameter_ran_with_its_default(blobs, tmp_path, mode, key, value):
+    """A checkpoint without ``staleness`` / ``backup`` (an earlier version) ran with 0: resuming
+    under SSP(2) / SBP(1) reports that change; one naming ``backup_workers`` is read as ``backup``."""
+    X, y = blobs
+    params = small_net().init(0, dtype=np.float64)
+    kw = dict(utype=mode, staleness=value) if mode == "SSP" else dict(utype=mode, backup_workers=value)
+    run(params, X, y, str(tmp_path), epochs=1, **kw)
+    path = ckpt.checkpoints(str(tmp_path))[-1]
+    _rewrite(path, lambda state: state["fingerprint"].pop(key))
+    res = run(params, X, y, str(tmp_path), epochs=2, resume=True, **kw)
+    assert res.history[1]["resumed_with"] == {key: [0, value]}
+    if mode == "SBP":
+        shutil.rmtree(tmp_path)
+        run(params, X, y, str(tmp_path), epochs=1, **kw)
+        path = ckpt.checkpoints(str(tmp_path))[-1]
+        _rewrite(path, lambda state: state["fingerprint"].update(backup_workers=state["fingerprint"].pop("backup")))
+        res = run(params, X, y, str(tmp_path), epochs=2, resume=True, **kw)
+        assert "resumed_with" not in res.history[1]

@@ -210,3 +210,22 @@ def test_a_resume_on_other_workers_and_shards_keeps_the_tables(tmp_path):
     saved = gpups.checkpoint.load_latest(str(tmp_path))["server"]["tables"]
     res = run(True, agg="adagrad", epochs=1, k=2, servers=2, checkpoint=str(tmp_path), resume=True)
     np.testing.assert_array_equal(res.model["E"], saved["E"]["w"])
+
+
+def test_evaluate_gets_read_only_parameters_and_tables_every_epoch():
+    X, y = problem()
+    calls = []
+
+    def evaluate(params, x, yb):
+        calls.append({name: bool(a.flags.writeable) for name, a in params.items()})
+        return {"rows": float(len(yb))}
+    res = run(True, evaluate=evaluate, val_features=X, val_labels=y, epochs=2)
+    assert len(calls) == 3  # the check before work, then once per epoch
+    assert all(set(c) == {"E", "W", "b"} and not any(c.values()) for c in calls)
+    assert [r["val_rows"] for r in res.history] == [len(y), len(y)]
+
+
+def test_validation_data_without_an_evaluate_is_carried_and_not_scored():
+    X, y = problem()
+    res = run(True, val_features=X, val_labels=y, epochs=1)  # a user upd: no evaluate to find
+    assert not [key for key in res.history[0] if key.startswith("val_")]
