@@ -42,6 +42,14 @@ def test_the_trace_has_a_track_per_worker_and_shard_and_counts_the_pushes(tmp_pa
         assert count["staleness"] == pushes
     spans = [e for e in events if e.get("ph") == "X"]
     assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in spans)
+    pulls = collections.Counter(e["tid"] for e in spans if e["name"] == "pull")
+    assert all(e["pid"] == 2 for e in spans if e["name"] in ("pull", "apply"))  # the server's tracks
+    if utype in ("SSP", "SBP"):  # every pull copies from both shards
+        assert pulls == {0: count["pull wait"], 1: count["pull wait"]}
+    if utype == "ASP":  # a worker's first pull of an epoch copies; the others are fused with the update
+        assert set(pulls) == {0, 1} and pulls[0] == pulls[1] >= 3
+    if utype in ("BSP", "HOGWILD"):  # BSP computes on the server's parameters; HOGWILD reads them live
+        assert not pulls
     if utype != "HOGWILD":  # (a pull before each interval; HOGWILD reads the live parameters)
         waits = [e for e in spans if e["name"] == "pull wait"]
         assert {e["tid"] for e in waits} == {0, 1, 2} and len(waits) <= pushes
