@@ -67,6 +67,69 @@ def test_adam_with_one_worker_is_textbook_adam(servers, utype):
     close(got, p, 1e-10)
 
 
+def textbook_adam(X, y, bs, epochs, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
+    p = small_net().init(0, dtype=np.float64)
+    m = {n: np.zeros_like(v) for n, v in p.items()}
+    v = {n: np.zeros_like(a) for n, a in p.items()}
+    t = 0
+    for _ in range(epochs):
+        for lo in range(0, len(y), bs):
+            t += 1
+            g = grad(p, X[lo:lo + bs], y[lo:lo + bs])
+            for n in p:
+                m[n] = b1 * m[n] + (1 - b1) * g[n]
+                v[n] = b2 * v[n] + (1 - b2) * g[n] ** 2
+                p[n] = p[n] - lr * (m[n] / (1 - b1 ** t)) / (np.sqrt(v[n] / (1 - b2 ** t)) + eps)
+    return p
+
+
+@pytest.mark.parametrize("freq,nbatches", [("BATCH", 1), ("NBATCHES", 4), ("EPOCH", 1)])
+def test_a_lone_worker_pushing_its_model_runs_textbook_adam_locally(freq, nbatches):
+    """push="model": the worker's own Adam takes every step (its step count goes on across
+    intervals and epochs: 6 batches an epoch, intervals of 4 and 2 under NBATCHES(4)); the server
+    adds the changes, so the model is Adam's."""
+    X, y = problem(96)
+    got = train(X, y, agg="adam", hyperparams={"lr": 0.01}, k=1, batchsize=16, epochs=2, push="model",
+                freq=freq, nbatches=nbatches)
+    close(got, textbook_adam(X, y, 16, 2), 1e-10)
+
+
+def test_local_steps_of_a_gradient_push_count_their_own_adam_steps():
+    """push="gradients", NBATCHES(4), k=1: inside an interval the worker takes Adam steps on its
+    replica for all but the last batch (its own step count: 3, then 1 for the epoch's interval
+    of 2, and on across epochs); the server takes one Adam step on the interval's summed
+    gradient, and the replica starts each interval from the server's model."""
+    X, y = problem(96)
+    lr, b1, b2, eps, bs, nb = 0.01, 0.9, 0.999, 1e-8, 16, 4
+
+    def adam(p, g, m, v, t):
+        for n in p:
+            m[n] = b1 * m[n] + (1 - b1) * g[n]
+            v[n] = b2 * v[n] + (1 - b2) * g[n] ** 2
+            p[n] = p[n] - lr * (m[n] / (1 - b1 ** t)) / (np.sqrt(v[n] / (1 - b2 ** t)) + eps)
+
+    w = small_net().init(0, dtype=np.float64)
+    zeros = lambda: {n: np.zeros_like(a) for n, a in w.items()}  # noqa: E731
+    ms, vs, ml, vl = zeros(), zeros(), zeros(), zeros()
+    ts = tl = 0
+    for _ in range(2):
+        for b0, n in ((0, 4), (4, 2)):  # 6 batches an epoch
+            replica = {k: a.copy() for k, a in w.items()}
+            G = zeros()
+            for s in range(n):
+                lo = (b0 + s) * bs
+                g = grad(replica, X[lo:lo + bs], y[lo:lo + bs])
+                for k in G:
+                    G[k] += g[k]
+                if s < n - 1:
+                    adam(replica, g, ml, vl, tl + s + 1)
+            tl += n - 1
+            ts += 1
+            adam(w, G, ms, vs, ts)
+    got = train(X, y, agg="adam", hyperparams={"lr": lr}, k=1, batchsize=bs, epochs=2, freq="NBATCHES", nbatches=nb)
+    close(got, w, 1e-10)
+
+
 # -- non-finite pushes: every worker's is checked -------------------------------------------------
 def nan_for_rows(rows, X):
     """An upd whose gradient is NaN for batches that start with one of ``rows``."""
