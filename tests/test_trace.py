@@ -42,6 +42,12 @@ def test_the_trace_has_a_track_per_worker_and_shard_and_counts_the_pushes(tmp_pa
         assert count["staleness"] == pushes
     spans = [e for e in events if e.get("ph") == "X"]
     assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in spans)
+    for j in range(3):  # each interval names its batches: consecutive runs from batch 1 in each epoch
+        ivs = [e for e in spans if e["name"] == "interval" and e["tid"] == j]
+        assert all(e["pid"] == 1 and e["args"]["batches"] == 1 for e in ivs)
+        firsts = [e["args"]["first"] for e in sorted(ivs, key=lambda e: e["ts"])]
+        per_epoch = len(firsts) // 2
+        assert firsts == list(range(1, per_epoch + 1)) * 2
     pulls = collections.Counter(e["tid"] for e in spans if e["name"] == "pull")
     assert all(e["pid"] == 2 for e in spans if e["name"] in ("pull", "apply"))  # the server's tracks
     if utype in ("SSP", "SBP"):  # every pull copies from both shards
