@@ -166,3 +166,21 @@ def test_an_earlier_checkpoint_without_the_modes_parameter_ran_with_its_default(
         _rewrite(path, lambda state: state["fingerprint"].update(backup_workers=state["fingerprint"].pop("backup")))
         res = run(params, X, y, str(tmp_path), epochs=2, resume=True, **kw)
         assert "resumed_with" not in res.history[1]
+
+
+def test_a_checkpoint_records_the_shards_cuts_on_tensor_boundaries_for_a_user_agg(blobs, tmp_path):
+    """A user agg sees whole named tensors, so its shards are cut between tensors; the
+    checkpoint's ``cuts`` are the cuts the shards used (a resume compares them)."""
+    X, y = blobs
+    params = small_net().init(0, dtype=np.float64)
+
+    def agg(p, g, state, hp):
+        return {n: p[n] - 0.1 * g[n] for n in p}, state
+    run(params, X, y, str(tmp_path), epochs=1, agg=agg, servers=2)
+    cuts = ckpt.load_latest(str(tmp_path))["cuts"]
+    ends = set(np.cumsum([a.size for a in params.values()]).tolist()) | {0}
+    assert len(cuts) == 2 and cuts[0][0] == 0 and cuts[-1][1] == max(ends)
+    assert all(lo in ends and hi in ends for lo, hi in cuts)
+    run(params, X, y, str(tmp_path / "sgd"), epochs=1, agg="sgd", servers=2)
+    lo, hi = ckpt.load_latest(str(tmp_path / "sgd"))["cuts"][0]
+    assert hi not in ends  # an element-wise rule cuts through a tensor
