@@ -81,6 +81,12 @@ def test_a_policy_object_is_the_same_as_its_name_and_parameters(blobs):
         gpups.paramserv(params, X, y, utype=gpups.SBP(backup=3), **kw)
     with pytest.raises(ValueError, match=r"staleness=-1 is not allowed"):
         gpups.SSP(staleness=-1)
+    for bad in (1.5, True, "2"):  # an integer, not a float, a bool or a string
+        with pytest.raises(ValueError, match=rf"staleness={bad!r} is not allowed: expected an integer >= 0"):
+            gpups.SSP(staleness=bad)
+        with pytest.raises(ValueError, match=rf"backup={bad!r} is not allowed: expected an integer >= 0"):
+            gpups.SBP(backup=bad)
+    assert gpups.SSP(staleness=np.int64(2)) == gpups.SSP(staleness=2)
 
 
 def test_no_module_but_the_policies_compares_mode_names():
