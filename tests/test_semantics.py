@@ -47,26 +47,6 @@ def test_bsp_rounds_with_fewer_workers_average_over_those_that_pushed():
 
 
 # -- Adam: the textbook algorithm, bias corrections from t = 1 -----------------------------------
-@pytest.mark.parametrize("servers,utype", [(1, "BSP"), (2, "BSP"), (2, "ASP"), (2, "HOGWILD")])
-def test_adam_with_one_worker_is_textbook_adam(servers, utype):
-    X, y = problem(96)
-    lr, b1, b2, eps, bs = 0.01, 0.9, 0.999, 1e-8, 16
-    p = small_net().init(0, dtype=np.float64)
-    m = {n: np.zeros_like(v) for n, v in p.items()}
-    v = {n: np.zeros_like(a) for n, a in p.items()}
-    t = 0
-    for _ in range(2):
-        for lo in range(0, 96, bs):
-            t += 1
-            g = grad(p, X[lo:lo + bs], y[lo:lo + bs])
-            for n in p:
-                m[n] = b1 * m[n] + (1 - b1) * g[n]
-                v[n] = b2 * v[n] + (1 - b2) * g[n] ** 2
-                p[n] = p[n] - lr * (m[n] / (1 - b1 ** t)) / (np.sqrt(v[n] / (1 - b2 ** t)) + eps)
-    got = train(X, y, agg="adam", hyperparams={"lr": lr}, k=1, batchsize=bs, epochs=2, servers=servers, utype=utype)
-    close(got, p, 1e-10)
-
-
 def textbook_adam(X, y, bs, epochs, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
     p = small_net().init(0, dtype=np.float64)
     m = {n: np.zeros_like(v) for n, v in p.items()}
@@ -81,6 +61,15 @@ def textbook_adam(X, y, bs, epochs, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
                 v[n] = b2 * v[n] + (1 - b2) * g[n] ** 2
                 p[n] = p[n] - lr * (m[n] / (1 - b1 ** t)) / (np.sqrt(v[n] / (1 - b2 ** t)) + eps)
     return p
+
+
+@pytest.mark.parametrize("servers,utype", [(1, "BSP"), (2, "BSP"), (2, "ASP"), (2, "HOGWILD")])
+def test_adam_with_one_worker_is_textbook_adam(servers, utype):
+    X, y = problem(96)
+    lr, bs = 0.01, 16
+    p = textbook_adam(X, y, bs, 2, lr)
+    got = train(X, y, agg="adam", hyperparams={"lr": lr}, k=1, batchsize=bs, epochs=2, servers=servers, utype=utype)
+    close(got, p, 1e-10)
 
 
 @pytest.mark.parametrize("freq,nbatches", [("BATCH", 1), ("NBATCHES", 4), ("EPOCH", 1)])
