@@ -74,3 +74,15 @@ def test_a_resume_compares_the_model_layout(tmp_path, key, value, says):
     rewrite(path, lambda state: state["fingerprint"].__setitem__(key, value))
     with pytest.raises(ValueError, match=says):
         run(checkpoint=str(tmp_path), resume=True)
+
+
+def test_every_subpackage_is_in_the_wheel():
+    """pyproject's package list names every package under gpups/ (an editable install finds
+    one that is missing; a wheel leaves it out: gpups.nn once was)."""
+    import pathlib
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "gpups").rglob("__init__.py")}
+    assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"
