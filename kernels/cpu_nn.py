@@ -133,6 +133,14 @@ def _softmax_eval(z, b, y):
     return losses.sum(), hits.sum()
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _span(ox, pad, kw, W):
+    """Output column ox of a stride-1 window: its first input column x0 and the kernel columns
+    [lo, hi) that fall inside the image (the rest read zero padding)."""
+    x0 = ox - pad
+    return x0, max(0, -x0), min(kw, W - x0)
+
+
 def _im2col(x, kh, kw, pad, cols):
     """x (n, H, W, C) -> cols (n*Ho*Wo, kh*kw*C), stride 1, zero padding ``pad``. Each kernel row
     is one run of kw*C values: with C >= 8 copied as slices of x (they vectorise; indexing with
@@ -147,8 +155,7 @@ def _im2col(x, kh, kw, pad, cols):
             i, oy = q // Ho, q % Ho
             for ox in range(Wo):
                 r = (i * Ho + oy) * Wo + ox
-                x0 = ox - pad
-                lo, hi = max(0, -x0), min(kw, W - x0)
+                x0, lo, hi = _span(ox, pad, kw, W)
                 for ky in range(kh):
                     yy = oy + ky - pad
                     base = ky * KC
@@ -188,8 +195,7 @@ def _col2im(cols, kh, kw, pad, dx):
         for oy in range(Ho):
             for ox in range(Wo):
                 r = (i * Ho + oy) * Wo + ox
-                x0 = ox - pad
-                lo, hi = max(0, -x0), min(kw, W - x0)
+                x0, lo, hi = _span(ox, pad, kw, W)
                 for ky in range(kh):
                     yy = oy + ky - pad
                     if 0 <= yy < H and hi > lo:
