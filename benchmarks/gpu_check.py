@@ -20,6 +20,7 @@ import traceback
 import numpy as np
 
 OUT = os.environ.get("OUT") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R: dict = {}
 
 
@@ -84,7 +85,26 @@ def bandwidth():
     R["agg_fraction_of_copy"] = agg["aggregation_fraction_of_copy"]
 
 
-def gpups_mlp(utype, k, epochs=3, rounds=400, device="cuda", tag=""):
+def user_upd(kind):
+    """The MLP's upd as a user writes it: ``"array"``, examples/array_upd.py (CuPy array
+    expressions, cupy.matmul; tried under capture); ``"sequential"``, the same layers from gpups.nn."""
+    import importlib.util
+
+    import cupy as cp
+
+    from gpups import nn
+
+    if kind == "sequential":
+        net = nn.Sequential([nn.Dense(512, "relu"), nn.Dense(512, "relu"), nn.Dense(10)], loss="softmax_ce",
+                            input_shape=(784,))
+        return net.init(0, device="cuda"), net.gradients
+    spec = importlib.util.spec_from_file_location("array_upd", os.path.join(ROOT, "examples", "array_upd.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.init([784, 512, 512, 10], cp), mod.mlp_upd(cp)
+
+
+def gpups_mlp(utype, k, epochs=3, rounds=400, device="cuda", tag="", upd=None):
     import cupy as cp
 
     import gpups
@@ -96,7 +116,8 @@ def gpups_mlp(utype, k, epochs=3, rounds=400, device="cuda", tag=""):
     X = rs.standard_normal((n, 784), dtype=cp.float32)
     y = rs.randint(0, 10, n).astype(cp.int64)
     net = MLP([784, 512, 512, 10])
-    res = gpups.paramserv(net.init(0, device="cuda"), X, y, upd=net.gradients, agg="momentum", utype=utype,
+    params, fn = user_upd(upd) if upd else (net.init(0, device="cuda"), net.gradients)
+    res = gpups.paramserv(params, X, y, upd=fn, agg="momentum", utype=utype,
                           k=k, batchsize=bs, epochs=epochs, hyperparams={"lr": 0.01, "momentum": 0.9},
                           progress=False, device=device)
     rates = [r["samples_per_s"] for r in res.history[1:]]
@@ -198,6 +219,8 @@ def main():
     for utype in ("BSP", "ASP"):
         steps.append((f"gpups {utype} k=8, 2 slots", lambda u=utype: gpups_mlp(u, 8, device=["cuda:0"] * 2,
                                                                             tag="_2slots")))
+    for kind in ("array", "sequential"):  # issue 13: a user's upd beside the built-in MLP
+        steps.append((f"gpups BSP k=8, {kind} upd", lambda kd=kind: gpups_mlp("BSP", 8, tag=f"_{kd}_upd", upd=kd)))
     steps.append(("torch", torch_loops))
     if not args.quick:
         steps.append(("gpups bench --gpu", bench_preset))

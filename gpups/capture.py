@@ -26,11 +26,34 @@ def graph_safe(fn: F | None = None, *, unless: Blocker | None = None) -> Any:
     return mark if fn is None else mark(fn)
 
 
+class Tryable(str):
+    """A reason a function is not declared graph-safe that a trial may still overcome (it
+    allocates: the trial's private memory pool holds what a capture allocates). Blockers return
+    one to say "try it"; a plain string means eager."""
+
+
+def capture_plan(fn: Callable, hp: Mapping[str, Any]) -> tuple[str, str | None]:
+    """How ``fn`` (a worker's ``upd``) runs on a GPU with these hyperparameters:
+    ``("capture", None)`` when declared graph-safe; ``("try", why)`` when it is tried under
+    capture and checked against an eager run (:mod:`gpups.trial`): not declared at all, or
+    blocked for a :class:`Tryable` reason; ``("eager", why)`` when declared unsafe
+    (``fn.graph_safe = False``) or blocked for any other reason."""
+    flag = getattr(fn, "graph_safe", None)
+    if flag is None:
+        return "try", "upd is not declared graph-safe (gpups.graph_safe)"
+    if flag is False:
+        return "eager", "upd is declared not graph-safe (graph_safe = False)"
+    reason = flag(hp, getattr(fn, "__self__", None)) if callable(flag) else None
+    if reason is None:
+        return "capture", None
+    return ("try" if isinstance(reason, Tryable) else "eager"), str(reason)
+
+
 def capture_blocker(fn: Callable, hp: Mapping[str, Any]) -> str | None:
-    """Why ``fn`` may not be captured with these hyperparameters, or None."""
+    """Why ``fn`` may not be captured as declared with these hyperparameters, or None."""
     flag = getattr(fn, "graph_safe", None)
     if not flag:
-        return "upd is not declared graph-safe (gpups.graph_safe); it runs eagerly"
+        return "upd is not declared graph-safe (gpups.graph_safe)"
     return flag(hp, getattr(fn, "__self__", None)) if callable(flag) else None
 
 

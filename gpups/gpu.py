@@ -13,10 +13,11 @@ once as a warning.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cupy as cp
 import numpy as np
@@ -242,11 +243,11 @@ class CUDADevice:
         return CudaSpanClock(self.ids)
 
     def step_graphs(self, worker: Any) -> "IntervalGraphs | None":
-        reason = graph_blocker(worker)
-        if reason:
+        mode, reason = graph_plan(worker)
+        if mode == "eager":
             warn_once(f"worker steps run eagerly (no CUDA graph): {reason}")
             return None
-        return IntervalGraphs(worker)
+        return IntervalGraphs(worker, tried=reason if mode == "try" else None)
 
 
 def warn_once(msg: str) -> None:
@@ -255,20 +256,61 @@ def warn_once(msg: str) -> None:
         warnings.warn("gpups: " + msg, RuntimeWarning, stacklevel=3)
 
 
-def graph_blocker(worker: Any) -> str | None:
-    """Why this worker's intervals cannot be captured, or None."""
-    from .capture import capture_blocker
+def graph_plan(worker: Any) -> tuple[str, str | None]:
+    """Whether this worker's intervals are captured ("capture"), tried first ("try", see
+    :mod:`gpups.trial`) or run eagerly ("eager"), and why."""
+    from .capture import capture_plan
 
     if os.environ.get("GPUPS_GRAPHS", "1") == "0":
-        return "GPUPS_GRAPHS=0"
-    reason = capture_blocker(worker.upd, worker.hp)
-    if reason:
-        return reason
+        return "eager", "GPUPS_GRAPHS=0"
+    mode, reason = capture_plan(worker.upd, worker.hp)
+    if mode == "eager":
+        return mode, reason
     if worker.rule.on_host:
-        return "a user-written agg runs on the host"
+        return "eager", "a user-written agg runs on the host"
     if worker.rule.step_dependent and (worker.push == "model" or worker.tail is not None):
-        return f"{worker.rule.name} steps inside an interval change their scalars every step"
-    return None
+        return "eager", f"{worker.rule.name} steps inside an interval change their scalars every step"
+    if mode == "try" and (worker.tables is not None or not isinstance(worker.X, cp.ndarray)):
+        return "eager", f"{reason}, and a trial needs a dense model and array rows"
+    return mode, reason
+
+
+class CudaCapturer:
+    """The GPU side of a :class:`gpups.trial.Trial`: on the worker's stream, in a private memory
+    pool (the blocks a capture allocates stay the graph's: nothing else is handed them), with
+    ``cupy.matmul`` on the graph-safe GEMM while capturing."""
+
+    def __init__(self, stream: CudaStream, pool: Any):
+        self.stream, self.pool = stream, pool
+
+    def eager(self, fn: Callable[[], Any]) -> Any:
+        with cp.cuda.Device(self.stream.device_id), self.stream.raw, cp.cuda.using_allocator(self.pool.malloc):
+            return fn()
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[None]:
+        """On the stream, in the pool, matmul redirected, the cuBLAS handle made beforehand."""
+        from .kernels.cublas import graph_safe_matmul, stream_handle
+
+        with cp.cuda.Device(self.stream.device_id), self.stream.raw, cp.cuda.using_allocator(self.pool.malloc):
+            stream_handle()
+            with graph_safe_matmul():
+                yield
+
+    def capture(self, fn: Callable[[], Any]) -> Any:
+        s = self.stream.raw
+        with self.capturing():
+            s.begin_capture()
+            try:
+                fn()
+            finally:
+                graph = s.end_capture()
+        return graph
+
+    def replay(self, graph: Any) -> None:
+        with cp.cuda.Device(self.stream.device_id):
+            graph.launch(self.stream.raw)
+            self.stream.raw.synchronize()
 
 
 class GraphCache:
@@ -317,16 +359,40 @@ class GraphCache:
 class IntervalGraphs:
     """CUDA graphs of one worker's push intervals, one per interval length."""
 
-    def __init__(self, worker: Any):
+    def __init__(self, worker: Any, tried: str | None = None):
+        """``tried``: why the upd is not declared graph-safe; its intervals are captured only
+        once a :class:`gpups.trial.Trial` passed, in the trial's private memory pool."""
         self.w = worker
         self.graphs: dict[int, Any] = {}
         self.held: dict[int, list] = {}  # per graph: the workspaces it writes (kept alive with it)
         self.warm: set[int] = set()
         self.disabled = False
+        self.tried, self.checked = tried, tried is None
+        self.capturer: CudaCapturer | None = None
         X, y, bs = worker.X, worker.y, worker.batchsize
         with cp.cuda.Device(worker.stream.device_id):
             self.xb = cp.empty((bs, *X.shape[1:]), X.dtype)
             self.yb = cp.empty((bs, *y.shape[1:]), y.dtype)
+            if tried is not None:
+                self.capturer = CudaCapturer(worker.stream, cp.cuda.MemoryPool())
+
+    def trial(self) -> bool:
+        """Run the trial of a not-declared upd (once); False: it stays eager (told once why)."""
+        from .trial import Trial
+
+        w = self.w
+        bs = min(w.batchsize, w.n)
+        assert self.capturer is not None
+        with cp.cuda.Device(w.stream.device_id), w.stream.raw:
+            t = Trial(w.upd, w.wants_out, w.layout, cp, w.replica, w.X[:bs], w.y[:bs], w.hp)
+            reason = t.run(self.capturer)
+        if reason is None:
+            self.checked = True
+            return True
+        self.disabled = True
+        self.capturer = None  # (its pool goes with it)
+        warn_once(f"worker steps run eagerly (no CUDA graph): {self.tried}; tried under capture, {reason}")
+        return False
 
     def gather(self) -> tuple[Any, Any]:
         from .kernels.cuda_nn import gather_xy
@@ -351,6 +417,8 @@ class IntervalGraphs:
             if nsteps not in self.warm:  # first an eager run: modules, handles, workspaces
                 self.warm.add(nsteps)
                 return False
+            if not self.checked and not self.trial():
+                return False
             graph = self.capture(nsteps)
             if graph is None:
                 return False
@@ -363,8 +431,9 @@ class IntervalGraphs:
         kept until the stream closes); the captured work allocates nothing (tested)."""
         s = self.w.stream.raw
         graph = None
+        where = self.capturer.capturing() if self.capturer is not None else contextlib.nullcontext()
         try:
-            with cp.cuda.Device(self.w.stream.device_id), s, holding() as held:
+            with cp.cuda.Device(self.w.stream.device_id), s, where, holding() as held:
                 s.begin_capture()
                 try:
                     self.w.interval(nsteps, self.w.cursor - nsteps, graph=self)

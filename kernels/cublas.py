@@ -7,9 +7,10 @@ Row-major C = A @ B is computed as column-major C^T = B^T A^T.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import cupy as cp
 import numpy as np
@@ -87,14 +88,22 @@ _ONE = {np.float32: ctypes.c_float(1.0), np.float64: ctypes.c_double(1.0)}
 _ZERO = {np.float32: ctypes.c_float(0.0), np.float64: ctypes.c_double(0.0)}
 
 
-def gemm(a: Any, b: Any, out: Any) -> Any:
-    """out = a @ b on the current stream (float32 or float64, 2-D, out C-contiguous)."""
+def stream_handle() -> Any:
+    """The current stream's handle, made on first use (call it before a capture: making one
+    allocates its workspace)."""
     lib = _load()
     stream = cp.cuda.get_current_stream()
     key = (cp.cuda.Device().id, stream.ptr)
-    handle = _handles.get(key)
-    if handle is None:
-        handle = _handles[key] = _Handle(lib, stream.ptr)
+    h = _handles.get(key)
+    if h is None:
+        h = _handles[key] = _Handle(lib, stream.ptr)
+    return h
+
+
+def gemm(a: Any, b: Any, out: Any) -> Any:
+    """out = a @ b on the current stream (float32 or float64, 2-D, out C-contiguous)."""
+    lib = _load()
+    handle = stream_handle()
     if not (a.dtype == b.dtype == out.dtype) or out.dtype.type not in _ONE:
         raise TypeError(f"gemm needs one float dtype; got {a.dtype} @ {b.dtype} -> {out.dtype}")
     A, ta = _operand(a)
@@ -115,3 +124,34 @@ def gemm(a: Any, b: Any, out: Any) -> Any:
               ctypes.c_void_p(B.data.ptr), B.shape[1], ctypes.c_void_p(A.data.ptr), A.shape[1],
               ctypes.byref(_ZERO[t]), ctypes.c_void_p(out.data.ptr), n), "cublasGemm")
     return out
+
+
+def _gemmable(a: Any, b: Any, out: Any) -> bool:
+    return (isinstance(a, cp.ndarray) and isinstance(b, cp.ndarray) and a.ndim == b.ndim == 2
+            and a.dtype == b.dtype and a.dtype.type in _ONE and a.shape[1] == b.shape[0]
+            and (out is None or (isinstance(out, cp.ndarray) and out.dtype == a.dtype and out.flags.c_contiguous
+                                 and out.shape == (a.shape[0], b.shape[1]))))
+
+
+@contextlib.contextmanager
+def graph_safe_matmul() -> Iterator[None]:
+    """While active (a capture of a user's function), ``cupy.matmul`` and ``cupy.dot`` of 2-D
+    float operands run :func:`gemm` (on the current stream's own handle); other operands go
+    to CuPy, which refuses a capture (the trial then says why). ``a @ b`` cannot be redirected
+    (``cupy.ndarray`` is an extension type)."""
+    matmul, dot = cp.matmul, cp.dot
+
+    def redirect(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def call(a: Any, b: Any, out: Any = None, **kw: Any) -> Any:
+            if kw or not _gemmable(a, b, out):
+                return orig(a, b, out=out, **kw) if out is not None else orig(a, b, **kw)
+            a = a if a.flags.c_contiguous or a.flags.f_contiguous else cp.ascontiguousarray(a)
+            b = b if b.flags.c_contiguous or b.flags.f_contiguous else cp.ascontiguousarray(b)
+            return gemm(a, b, out if out is not None else cp.empty((a.shape[0], b.shape[1]), a.dtype))
+        return call
+
+    cp.matmul, cp.dot = redirect(matmul), redirect(dot)
+    try:
+        yield
+    finally:
+        cp.matmul, cp.dot = matmul, dot

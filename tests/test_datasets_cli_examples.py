@@ -114,7 +114,7 @@ def test_gpups_train_dlrm_on_synthetic_ctr_and_on_a_criteo_file(tmp_path, capsys
 
 
 @pytest.mark.parametrize("script,args", [("quickstart.py", []), ("custom_upd_agg.py", []),
-                                         ("compare_sync_modes.py", []), ("lenet.py", ["1024"]),
+                                         ("compare_sync_modes.py", []), ("lenet.py", ["1024"]), ("array_upd.py", []),
                                          pytest.param("ray_backend.py", [], marks=pytest.mark.ray)])
 def test_example_runs(script, args):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script), *args],

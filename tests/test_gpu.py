@@ -351,3 +351,81 @@ def test_the_trace_on_a_gpu_times_the_work_with_cuda_events(tmp_path, utype):
     for j in range(2):  # one stream per worker: its spans in order, not overlapping (20 us: float32 ms)
         mine = sorted((e["ts"], e["ts"] + e["dur"]) for e in spans if e["pid"] == 1 and e["tid"] == j)
         assert all(a[1] <= b[0] + 20 for a, b in zip(mine, mine[1:]))
+
+
+# -- functions that are not declared graph-safe: tried under capture, checked against eager ---------
+def example(name):
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", name)
+    spec = importlib.util.spec_from_file_location(name[:-3], path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def graphed_and_eager(monkeypatch, params, upd, X, y, **kw):
+    kw = dict(upd=upd, agg="momentum", utype="BSP", k=2, batchsize=16, epochs=2,
+              hyperparams={"lr": 0.05, "momentum": 0.9}, progress=False, device="cuda", **kw)
+    graphed = gpups.paramserv(params, X, y, **kw)
+    monkeypatch.setenv("GPUPS_GRAPHS", "0")
+    eager = gpups.paramserv(params, X, y, **kw)
+    monkeypatch.delenv("GPUPS_GRAPHS")
+    return graphed, eager
+
+
+def test_a_user_cupy_upd_passes_its_trial_and_replays_like_eager(cp, monkeypatch):
+    """examples/array_upd.py's MLP (cupy.matmul, array expressions, a device loss): captured,
+    and the run equals the eager run (float64: GEMMs of CuPy and of the binding may differ in
+    rounding only)."""
+    mod = example("array_upd.py")
+    X, y = data(480)
+    params = {k: v.astype(cp.float64) for k, v in mod.init([64, 32, 10], cp).items()}
+    graphed, eager = graphed_and_eager(monkeypatch, params, mod.mlp_upd(cp), X, y)
+    assert graphed.graphs > 0 and eager.graphs == 0
+    for name in graphed.model:
+        np.testing.assert_allclose(graphed.model[name].get(), eager.model[name].get(), rtol=1e-9, atol=1e-12)
+    assert graphed.history[-1]["loss"] == pytest.approx(eager.history[-1]["loss"], rel=1e-9)
+
+
+def test_an_upd_with_the_matmul_operator_stays_eager_and_says_why(cp, monkeypatch):
+    def upd(p, x, y, hp):  # `@` goes to CuPy's cuBLAS, which refuses a capture
+        z = x @ p["W1"] + p["b1"]
+        d = (z - (cp.arange(z.shape[1])[None, :] == y[:, None])) / x.shape[0]
+        return {"W1": x.T @ d, "b1": d.sum(axis=0)}, (d * d).sum()
+
+    X, y = data(480)
+    params = {"W1": cp.zeros((64, 10)), "b1": cp.zeros(10)}
+    with pytest.warns(RuntimeWarning, match="cupy.matmul"):
+        graphed, eager = graphed_and_eager(monkeypatch, params, upd, X, y)
+    assert graphed.graphs == 0
+    for name in graphed.model:
+        np.testing.assert_array_equal(graphed.model[name].get(), eager.model[name].get())
+
+
+def test_array_expression_layers_are_captured_after_their_trial(cp, monkeypatch):
+    from gpups import nn
+
+    net = nn.Sequential([nn.Dense(32, "relu"), nn.LayerNorm(), nn.Activation("gelu"), nn.Dense(10)],
+                        loss="softmax_ce", input_shape=(64,))
+    X, y = data(480)
+    graphed, eager = graphed_and_eager(monkeypatch, net.init(0, np.float64, device="cuda"), net.gradients, X, y)
+    assert graphed.graphs > 0
+    for name in graphed.model:
+        np.testing.assert_allclose(graphed.model[name].get(), eager.model[name].get(), rtol=1e-9, atol=1e-12)
+
+
+def test_dropout_fails_its_trial_and_runs_eagerly(cp, monkeypatch):
+    """Dropout's mask follows hyperparams['step']: a graph would freeze it; the trial sees the
+    replay differ from the next step's eager run."""
+    from gpups import nn
+
+    net = nn.Sequential([nn.Dense(32, "relu"), nn.Dropout(0.5), nn.Dense(10)], loss="softmax_ce",
+                        input_shape=(64,))
+    X, y = data(480)
+    with pytest.warns(RuntimeWarning, match="differs from an eager run"):
+        graphed, eager = graphed_and_eager(monkeypatch, net.init(0, np.float64, device="cuda"), net.gradients, X, y)
+    assert graphed.graphs == 0
+    for name in graphed.model:
+        np.testing.assert_array_equal(graphed.model[name].get(), eager.model[name].get())

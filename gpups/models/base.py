@@ -8,14 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from ..capture import graph_safe, hold, on_stream_release
+from ..capture import Tryable, graph_safe, hold, on_stream_release
 from .ops import ops_for
 
 
 def _blocker(hp: Any, model: Any) -> str | None:
     """Why a model's gradients cannot be captured in a CUDA graph with these hyperparameters."""
     if (hp or {}).get("reg"):
-        return "hyperparams['reg'] allocates per step"
+        return Tryable("hyperparams['reg'] allocates per step")
     return model.capture_blocker() if model is not None else None
 
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..capture import graph_safe
+from ..capture import Tryable, graph_safe
 from ..models.base import Model, _blocker, xp_of
 from ..models.ops import ops_for
 from .blocks import Chain
@@ -91,7 +91,7 @@ class Sequential(Model):
     def capture_blocker(self) -> str | None:
         for layer in self.chain.walk():
             if not layer.graph_safe:
-                return f"layer {layer!r} computes with array expressions (they allocate)"
+                return Tryable(f"layer {layer!r} computes with array expressions (they allocate)")
         return None
 
     def init(self, seed: int = 0, dtype: Any = np.float32, device: str = "cpu") -> dict[str, Any]:
