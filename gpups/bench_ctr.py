@@ -43,7 +43,7 @@ def run_gpups(cfg: dict[str, Any]) -> dict[str, Any]:
     res = gpups.paramserv(net.init(0), tr.features, tr.labels, upd=net.gradients, agg="adagrad", k=cfg["k"],
                           utype=cfg["utype"], batchsize=per_worker, epochs=cfg["epochs"],
                           hyperparams={"lr": cfg["lr"]}, val_features=va.features, val_labels=va.labels,
-                          device="cpu", progress=False)
+                          device="cpu", progress=False, donate=True)
     h = res.history
     secs = sum(r["seconds"] for r in h)
     # rows a shard updates per push: the distinct ids of the pushed batches, per table

@@ -72,6 +72,7 @@ def train(args: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = gpups.paramserv(net.init(args.seed, dtype=dtype), X, y, upd=net.gradients, hyperparams=hp,
                           val_features=Xv, val_labels=yv, evaluate=net.evaluate, progress=not args.quiet,
+                          donate=True,  # (the tables net.init made are the run's own)
                           **cli_kwargs(args))
     wall = time.perf_counter() - t0
     os.makedirs(args.out, exist_ok=True)

@@ -29,7 +29,7 @@ class LocalBackend:
             from .tables import TableServer, table_rule
 
             self.server.tables = TableServer(tables, table_rule(opts.agg, opts.table_agg), hp, opts.k,
-                                             opts.servers, opts.push, self.server.bad)
+                                             opts.servers, opts.push, self.server.bad, donate=opts.donate)
         # Workers of a policy that applies its own pushes write the shared parameters from their
         # own streams; on several GPUs a stream cannot run a kernel on another device, so their
         # pushes are applied by streams of theirs on the shards' devices (ParamServer.push_from).

@@ -275,6 +275,10 @@ class Options:
                                    "a `gpups.RowGrad`); None: `agg`'s own (`adam` on rows is lazy: moments of the "
                                    "touched rows only); `rowwise_adagrad` keeps one accumulator per row",
                                    _table_agg, match=True, cli={}, values="None, `sgd`, `adagrad`, `rowwise_adagrad`, `adam`")
+    donate: bool = option(False, "the server keeps the caller's sparse tables as its own copy instead of copying "
+                          "them (one table-sized copy less); they are updated in place and are the trained "
+                          "tables the result holds. Tables that are not writable C-ordered numpy arrays are "
+                          "copied", lambda v, ctx: checks.flag("donate", v), values="bool")
 
     @property
     def policy(self) -> sync.Policy:

@@ -45,7 +45,8 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
               device: Any = "auto", backend: str = "local", checkpoint: str | None = None,
               resume: bool = False, seed: int = 0, progress: bool = True,
               nonfinite: str = "raise", ray_address: str | None = None, trace: str | None = None,
-              on_worker_error: str = "stop", max_worker_failures: int = 2, table_agg: str | None = None) -> Result:
+              on_worker_error: str = "stop", max_worker_failures: int = 2, table_agg: str | None = None,
+              donate: bool = False) -> Result:
     """Train ``model`` with ``k`` workers and ``servers`` parameter-server shards.
 
     ``upd(params, features, labels, hyperparams)`` returns the gradients of a mini-batch (a dict

@@ -83,17 +83,23 @@ class ServerTable:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def donatable(a: Any) -> bool:
+    """Whether the server may keep ``a`` itself as a table (``donate=True``)."""
+    return isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable and a.ndim == 2
+
+
 class TableServer:
     """The server's tables. ``apply(rows, scale)`` aggregates the pushes of workers ``rows`` (the
     unflagged ones, as the dense kernels do) and updates every touched row once."""
 
     def __init__(self, tables: Mapping[str, Any], rule: str, hp: Mapping[str, Any], k: int, servers: int,
-                 push: str, bad: np.ndarray):
+                 push: str, bad: np.ndarray, donate: bool = False):
+        """``donate``: keep the caller's arrays as the server's copy (where they can be)."""
         self.rule, self.push, self.k, self.servers, self.bad = rule, push, k, servers, bad
         self.hp = {**DEFAULTS[rule], **{key: v for key, v in hp.items() if key in DEFAULTS[rule]}}
         self.tables: dict[str, ServerTable] = {}
         for name, a in tables.items():
-            w = np.array(a, copy=True, order="C")  # the server's copy: allocated once
+            w = a if donate and donatable(a) else np.array(a, copy=True, order="C")  # the server's copy: allocated once
             shape = (w.shape[0], 1) if rule == "rowwise_adagrad" else w.shape
             # (np.full writes every page now: np.zeros maps them lazily, and the first touch of each
             # page by a row update would then fault inside the training loop)

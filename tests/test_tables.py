@@ -229,3 +229,23 @@ def test_validation_data_without_an_evaluate_is_carried_and_not_scored():
     X, y = problem()
     res = run(True, val_features=X, val_labels=y, epochs=1)  # a user upd: no evaluate to find
     assert not [key for key in res.history[0] if key.startswith("val_")]
+
+
+def test_donated_tables_are_the_servers_copy_and_train_as_copied_ones():
+    """donate=True: the caller's table is trained in place and is the result's (one table-sized
+    copy less), bitwise what the copying run gives; without it the caller's table is untouched."""
+    copied_init, donated_init = init(), init()
+    E0 = copied_init["E"].copy()
+    copied = run(True, model=copied_init, agg="adagrad")
+    donated = run(True, model=donated_init, agg="adagrad", donate=True)
+    np.testing.assert_array_equal(copied_init["E"], E0)
+    assert donated.model["E"] is donated_init["E"] and copied.model["E"] is not copied_init["E"]
+    for name in copied.model:
+        np.testing.assert_array_equal(donated.model[name], copied.model[name], err_msg=name)
+    assert not np.array_equal(donated_init["E"], E0)
+    frozen = init()
+    frozen["E"].flags.writeable = False  # (a table it may not write is copied)
+    res = run(True, model=frozen, donate=True)
+    assert res.model["E"] is not frozen["E"] and np.array_equal(frozen["E"], E0)
+    with pytest.raises(ValueError, match="donate"):
+        run(True, donate="yes")
