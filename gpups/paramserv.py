@@ -108,7 +108,7 @@ def paramserv(model: Mapping[str, Any], features: Any, labels: Any, *, upd: Call
         if remote:
             from .ray_backend import RayBackend
 
-            engine = RayBackend(opts, layout, init, xf, yl, parts, upd, hp, actor_device)
+            engine = RayBackend(opts, layout, init, xf, yl, parts, upd, hp, "cpu" if tables else actor_device, tables)
         else:
             engine = LocalBackend(opts, dev, layout, init, xf, yl, parts, upd, hp, tables)
         try:
@@ -190,10 +190,9 @@ def find_tables(model: Mapping[str, Any], upd: Callable, features: Any, labels: 
 
     if not isinstance(features, Columns):
         return {}
-    if not dev.host_memory or opts.backend == "ray":
-        option, value = ("backend", opts.backend) if opts.backend == "ray" else ("device", device)
-        raise option_error(option, value, "'cpu' on the local backend when features are named columns (a mapping): "
-                           "sparse tables and column features run on the CPU in this release")
+    if not dev.host_memory or (opts.backend == "ray" and device == "cuda"):
+        raise option_error("device", device, "'cpu' (or 'auto', which picks it) when features are named columns "
+                           "(a mapping): sparse tables and column features run on the CPU in this release")
     dtype = next(iter(model.values())).dtype
     params = {name: readonly(np.asarray(a)) for name, a in model.items()}
     x = features[rows].astype(dtype)

@@ -110,10 +110,6 @@ class TableServer:
     def names(self) -> tuple[str, ...]:
         return tuple(self.tables)
 
-    def shard_of(self, rows: np.ndarray) -> np.ndarray:
-        """Which server shard owns each row: ``row % servers`` (hot low ids spread evenly)."""
-        return rows % self.servers
-
     def gather(self, name: str, ids: np.ndarray, locked: bool = True) -> np.ndarray:
         t = self.tables[name]
         out = np.empty((len(ids), t.w.shape[1]), t.w.dtype)
@@ -133,12 +129,14 @@ class TableServer:
         for t in self.tables.values():
             dt = t.w.dtype.type
             s = float(dt(scale)) * len(rows) / len(good)  # (the dense kernels' mean over good rows)
-            pieces = [self.payloads[j][t.name] for j in good if t.name in self.payloads[j]]
-            pieces = [p for p in pieces if len(p[0])]
-            if not pieces:
+            # (a table's update count, lazy adam's step: the rounds that pushed rows of it. A
+            # push holds a table only with rows; one cut per row shard holds it on every shard)
+            present = [self.payloads[j][t.name] for j in good if t.name in self.payloads[j]]
+            if not present:
                 continue
-            if len(pieces) == 1:
-                u, g = pieces[0]
+            pieces = [p for p in present if len(p[0])]
+            if len(pieces) <= 1:
+                u, g = pieces[0] if pieces else (None, None)
             else:
                 u, g = K.dedup(np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]))
             if locked:
@@ -146,11 +144,13 @@ class TableServer:
                     self._update(t, u, g, s)
             else:
                 self._update(t, u, g, s)
-            self.row_updates += len(u)
+            self.row_updates += 0 if u is None else len(u)
 
-    def _update(self, t: ServerTable, u: np.ndarray, g: np.ndarray, scale: float) -> None:
+    def _update(self, t: ServerTable, u: np.ndarray | None, g: np.ndarray | None, scale: float) -> None:
         dt, hp = t.w.dtype.type, self.hp
         t.step += 1
+        if u is None:  # (this shard holds none of the rows pushed)
+            return
         if self.push == "model":  # deltas of the rows: w += scale * sum(deltas)
             K.sgd(t.w, u, g, scale, dt(-1.0))
         elif self.rule == "sgd":
@@ -269,5 +269,6 @@ class TableClient:
                 out[name] = (ids, rows - pulled)
         else:
             out = self.acc
+        out = {name: p for name, p in out.items() if len(p[0])}  # (a table holds rows, or is not pushed)
         self.server.payloads[self.j] = out
         return all(bool(np.isfinite(v).all()) for _, v in out.values())

@@ -249,3 +249,57 @@ def test_donated_tables_are_the_servers_copy_and_train_as_copied_ones():
     assert res.model["E"] is not frozen["E"] and np.array_equal(frozen["E"], E0)
     with pytest.raises(ValueError, match="donate"):
         run(True, donate="yes")
+
+
+@given(st.integers(1, 60), st.integers(1, 5), st.integers(0, 40))
+@settings(max_examples=40, deadline=None)
+def test_row_placement_over_shards_round_trips(rows, servers, m):
+    """Row r on shard r % S at local row r // S (the Ray backend's placement): split and join
+    invert each other, route sends each id to its shard's local row, and a table state cut per
+    shard joins back to the same state."""
+    from gpups.ray_backend import tables as RT
+
+    W = np.arange(rows * 2, dtype=np.float64).reshape(rows, 2)
+    parts = RT.split(W, servers)
+    assert [len(p) for p in parts] == [len(range(s, rows, servers)) for s in range(servers)]
+    np.testing.assert_array_equal(RT.join(parts, rows), W)
+    ids = np.random.default_rng(m).integers(0, rows, m)
+    got = np.empty((m, 2))
+    for s, (pos, local) in enumerate(RT.route(ids, servers)):
+        assert (ids[pos] % servers == s).all()
+        got[pos] = parts[s][local]
+    np.testing.assert_array_equal(got, W[ids])
+    state = {"E": {"w": W, "h": W[:, :1] + 1, "step": 7}}
+    cut = RT.split_state(state, servers)
+    back = RT.join_state(cut, {"E": rows})
+    assert back["E"]["step"] == 7 and all(c["E"]["step"] == 7 for c in cut)
+    for key in ("w", "h"):
+        np.testing.assert_array_equal(back["E"][key], state["E"][key])
+
+
+def test_a_push_cut_per_shard_names_every_touched_table_on_every_shard():
+    """A worker's push to S shards: each shard gets its own rows (local numbers) of each table the
+    push touched, an empty cut where it holds none, so every shard counts the table's update."""
+    from gpups.ray_backend.tables import RemoteTables
+
+    rt = RemoteTables([object(), object()], {"E": (10, 2, "float64"), "F": (4, 2, "float64")}, k=1)
+    rt.payloads[0] = {"E": (np.array([2, 4, 6]), np.ones((3, 2)))}
+    cut = rt.parts(0)
+    np.testing.assert_array_equal(cut[0]["E"][0], [1, 2, 3])
+    assert cut[1]["E"][0].shape == (0,) and cut[1]["E"][1].shape == (0, 2) and "F" not in cut[0]
+    assert rt.tables["E"].w.shape == (10, 2) and rt.tables["E"].w.strides[0] == 0  # (no rows behind it)
+
+
+def test_lazy_adam_counts_a_round_on_a_shard_without_its_rows():
+    """A TableServer that is pushed a table with no rows of it (a shard holding none of them)
+    counts the update, as the unsharded server does; one never pushed the table does not."""
+    from gpups.tables import TableServer
+
+    bad = np.zeros((3, 1), np.int64)
+    ts = TableServer({"E": np.zeros((4, 2))}, "adam", {"lr": 0.1}, 1, 1, "gradients", bad)
+    ts.payloads[0] = {"E": (np.empty(0, np.int64), np.empty((0, 2)))}
+    ts.apply([0], 1.0)
+    assert ts.tables["E"].step == 1 and not ts.tables["E"].w.any()
+    ts.payloads[0] = {}
+    ts.apply([0], 1.0)
+    assert ts.tables["E"].step == 1

@@ -145,6 +145,12 @@ class DLRM(Model):
             out[name] = g if self.sparse else g.dense(params[name].shape)
         return out, loss
 
+    def reads(self, x: Any) -> dict[str, Any]:
+        """The row ids each table's read of batch ``x`` needs (``sparse``: what a Ray worker
+        fetches from the shards before an interval, in one call per shard)."""
+        cat = x["cat"]
+        return {name: cat[:, t] for t, name in enumerate(self.tables)} if self.sparse else {}
+
     def logit(self, params: dict[str, Any], x: Any, batch: int = 4096) -> np.ndarray:
         x = x if isinstance(x, Columns) else Columns(x)
         parts = []

@@ -23,6 +23,7 @@ from ..flat import Layout
 from ..optim import make_rule
 from ..server import ParamServer
 from ..worker import Worker
+from .tables import RemoteTables, ShardTables
 
 
 class SpanLog:
@@ -66,10 +67,19 @@ class Traced:
 class ShardActor(Traced):
     """Server shard ``index``: the parameters [lo, hi) and their optimizer state."""
 
-    def __init__(self, index: int, layout: Layout, w0: list, agg: Any, hp: dict, k: int, push: str):
+    def __init__(self, index: int, layout: Layout, w0: list, agg: Any, hp: dict, k: int, push: str,
+                 tables: list | None = None, table_rule: str = "sgd"):
+        """``tables``: [the shard's rows of each sparse table] (see :mod:`.tables`)."""
         self.index = index
         w = fetch(w0)[0]
         self.server = ParamServer(CPUDevice(), layout, np.array(w, copy=True), make_rule(agg, hp, layout), k, 1, push)
+        self.rows_of: ShardTables | None = None
+        if tables is not None:
+            from ..tables import TableServer
+
+            # (the object store's arrays are read-only: the TableServer copies them, once)
+            self.server.tables = TableServer(fetch(tables)[0], table_rule, hp, k, 1, push, self.server.bad, donate=True)
+            self.rows_of = ShardTables(self.server)
 
     def ready(self) -> int:
         return os.getpid()
@@ -86,13 +96,25 @@ class ShardActor(Traced):
         except Exception as exc:  # (a user agg's error: this shard's)
             setattr(exc, "gpups_who", f"server shard {self.index}")  # noqa: B010
             raise
+        if self.rows_of is not None:
+            self.rows_of.updated()
         return self.server.w
 
     def _receive(self, rows: Sequence[int], args: Sequence[Any]) -> None:
         n = len(rows)
         for j, status, payload in zip(rows, args[:n], args[n:]):
+            if isinstance(payload, tuple):  # (dense slice, this shard's table rows)
+                payload, self.server.tables.payloads[j] = payload
             self.server.G[j] = payload
             self.server.bad[0, j] = status["flagged"]
+
+    def rows(self, want: dict[str, np.ndarray], at_least: int) -> dict[str, np.ndarray]:
+        """Table rows (local numbers) once ``at_least`` updates are applied (a "rows" thread)."""
+        assert self.rows_of is not None
+        return self.rows_of.rows(want, at_least)
+
+    def tables(self) -> dict[str, np.ndarray]:
+        return self.server.tables.model()
 
     def pull(self) -> tuple[np.ndarray, int]:
         return self.server.w, self.server.version
@@ -106,6 +128,8 @@ class ShardActor(Traced):
         self._receive([j], [status, payload])
         self.server.push_unlocked(self.server.device.rows([j]), scale)
         self.server.count_unlocked()
+        if self.rows_of is not None:
+            self.rows_of.updated()
         return self.server.version
 
     def state(self) -> dict[str, Any]:
@@ -113,6 +137,8 @@ class ShardActor(Traced):
 
     def load_state(self, state: dict[str, Any]) -> np.ndarray:
         self.server.load_state_dict(state)
+        if self.rows_of is not None:
+            self.rows_of.updated()
         return self.server.w
 
 
@@ -139,7 +165,10 @@ class WorkerActor(Traced):
 
     def __init__(self, j: int, data: list, layout: Layout, upd: Callable, agg: Any,
                  hp: dict, batchsize: int, push: str, k: int, cuts: list[tuple[int, int]], threads: int,
-                 gpu: bool, shards: Sequence[Any] = (), keep_state: bool = False, tolerate: int | None = None):
+                 gpu: bool, shards: Sequence[Any] = (), keep_state: bool = False, tolerate: int | None = None,
+                 tables: tuple[Sequence[Any], dict, bool] | None = None):
+        """``tables``: (the shard roles, {name: (rows, dim, dtype)}, HOGWILD's unlocked reads)
+        when the model has sparse tables."""
         limit_threads(threads)
         X, y = fetch(data)
         if gpu:
@@ -150,9 +179,19 @@ class WorkerActor(Traced):
             self.device = CPUDevice()
         xp = self.device.xp
         self.mirror = _Mirror(j, layout.size, layout.dtype, k, xp)
+        self.remote_tables: RemoteTables | None = None
+        self.reads: Callable[[Any], dict] | None = None
+        client = None
+        if tables is not None:
+            from ..models.base import model_of
+            from ..tables import TableClient
+
+            self.remote_tables = RemoteTables(tables[0], tables[1], k)
+            client = TableClient(self.remote_tables, j, tables[2])  # type: ignore[arg-type]
+            self.reads = getattr(model_of(upd), "reads", None)  # the ids a batch reads, where declared
         self.worker = Worker(j, self.device, X, y, np.arange(len(X)), layout, self.mirror, upd, hp,
                              make_rule(agg, hp, layout), batchsize, push, alias=False, concurrent=False,
-                             keep_state=keep_state, tolerate=tolerate)
+                             keep_state=keep_state, tolerate=tolerate, tables=client)
         self.failures: list[str] = []
         self.worker.log = self.failures.append  # (on_worker_error="drop": the driver logs them)
         self.cuts, self.shards, self.j = cuts, list(shards), j
@@ -164,14 +203,34 @@ class WorkerActor(Traced):
     def _attach(self, spans: SpanLog) -> None:
         self.worker.trace = spans
 
-    def run(self, cursor: int, nsteps: int, epoch: int, *parts: np.ndarray) -> tuple:
-        """Pull ``parts`` (the shards' parameters), run ``nsteps`` batches from batch ``cursor``;
-        returns the status, then the payload cut at the shards' ranges."""
+    def run(self, cursor: int, nsteps: int, epoch: int, version: int, *parts: np.ndarray) -> tuple:
+        """Pull ``parts`` (the shards' parameters, ``version`` updates in), run ``nsteps`` batches
+        from batch ``cursor``; returns the status, then the payload cut at the shards' ranges."""
         self._waited(epoch)
         self._pull(parts, nsteps)
+        self._pull_tables(version, cursor, nsteps)
         status = self._interval(cursor, nsteps, epoch)
+        return (status, *self._push())
+
+    def _pull_tables(self, version: int, cursor: int, nsteps: int) -> None:
+        """Table reads of the interval are at least ``version``; where the model declares its
+        reads, the interval's rows come now."""
+        if self.remote_tables is None:
+            return
+        w, bs = self.worker, self.worker.batchsize
+        batches = [w.X[b * bs:min((b + 1) * bs, w.n)] for b in range(cursor, min(cursor + nsteps, w.batches))]
+        t0 = time.perf_counter()
+        self.remote_tables.begin(version, self.reads, batches)
+        if self.spans is not None and self.reads is not None:
+            self.spans.span(1, self.j, "pull rows", t0, time.perf_counter())
+
+    def _push(self) -> list[Any]:
+        """The payload cut at the shards' ranges (with each shard's table rows)."""
         payload = host(self.worker.payload)
-        return (status, *[payload[lo:hi] for lo, hi in self.cuts])
+        dense = [payload[lo:hi] for lo, hi in self.cuts]
+        if self.remote_tables is None:
+            return dense
+        return list(zip(dense, self.remote_tables.parts(self.j)))
 
     def hogwild(self, cursor: int, nsteps: int, epoch: int, scale: float) -> dict:
         """HOGWILD: pull from the shards, run, push to them, with no ordering among workers."""
@@ -183,11 +242,11 @@ class WorkerActor(Traced):
         if self.spans is not None:  # (HOGWILD asks the shards itself)
             self.spans.span(1, self.j, "pull wait", t0, time.perf_counter())
         self._pull([p for p, _ in pulled], nsteps)
+        self._pull_tables(0, cursor, nsteps)
         status = self._interval(cursor, nsteps, epoch)
-        payload = host(self.worker.payload)
         t0 = time.perf_counter()
-        versions = ray.get([sh.push_unlocked.remote(self.j, scale, status, payload[lo:hi])
-                            for sh, (lo, hi) in zip(self.shards, self.cuts)])
+        versions = ray.get([sh.push_unlocked.remote(self.j, scale, status, part)
+                            for sh, part in zip(self.shards, self._push())])
         if self.spans is not None:
             self.last_end = (epoch, time.perf_counter())
             self.spans.span(1, self.j, "push", t0, self.last_end[1])
@@ -305,10 +364,25 @@ class Host:
                     self.run_id = run_id
         return getattr(self.role, method)(*args)
 
+    def call_rows(self, setup: list, method: str, *args: Any) -> Any:
+        """A call on the host's "rows" threads (a table read that waits for an update, which
+        runs on the main thread meanwhile); made one by :func:`host_class`."""
+        return self.call(setup, method, *args)
+
     def release(self) -> int:
         """The run is over: drop the role (its data and buffers); returns the process id."""
         self.role, self.run_id = None, None
         return os.getpid()
+
+
+ROWS = ("rows",)  # role methods that run on a host's "rows" threads
+
+
+def host_class(ray: Any, groups: dict[str, int] | None = None) -> Any:
+    """The Ray actor class of :class:`Host`, its ``call_rows`` in the "rows" concurrency group
+    of ``groups["rows"]`` threads."""
+    Host.call_rows = ray.method(concurrency_group="rows")(Host.call_rows)  # type: ignore[method-assign]
+    return ray.remote(concurrency_groups=groups or {"rows": 1})(Host)
 
 
 class Role:
@@ -325,6 +399,8 @@ class Role:
     def __getattr__(self, method: str) -> "_Method":
         if method.startswith("__") or method in ("host", "setup"):  # (unpickling: no state yet)
             raise AttributeError(method)
+        if method in ROWS:
+            return _Method(self.host.call_rows, self.setup, method)
         return _Method(self.host.call, self.setup, method)
 
 

@@ -32,8 +32,9 @@ from ..optim import make_rule
 from ..runtime import log
 from ..streams import InlineStream, StreamError
 from ..worker import Accounts
-from .actors import Host, Role, ShardActor, WorkerActor
+from .actors import Role, ShardActor, WorkerActor, host_class
 from .cluster import POOL, Cluster, pooled, share, ship_by_value, unship
+from .tables import DriverTables, join_state, split, split_state
 
 RESTARTS = 3          # per actor
 READY_TIMEOUT = 300.0  # seconds for every actor to be placed and started
@@ -119,6 +120,10 @@ class RemoteServer:
         self.update_seconds = 0.0
         self.final: np.ndarray | None = None
         self.names: dict[str, str] = {a._actor_id.hex(): f"server shard {s}" for s, a in enumerate(actors)}
+        self.tables: DriverTables | None = None  # the sparse tables, sharded by row over the same actors
+
+    def shard_tables(self) -> list[dict[str, np.ndarray]]:
+        return [self._get(a.tables.remote(), s) for s, a in enumerate(self.actors)]
 
     def event(self, ref: Any, who: str, retry: Callable[[int], None] | None = None) -> RayEvent:
         return RayEvent(self.ray, ref, who, self.names, retry)
@@ -158,20 +163,27 @@ class RemoteServer:
     def state_dict(self) -> dict[str, Any]:
         """The local backend's format: a checkpoint resumes on either backend."""
         out: dict[str, Any] = {"version": self.version, "bad": self.bad.copy()}
-        ws = []
+        ws, tables = [], []
         for s, a in enumerate(self.actors):
             st = self._get(a.state.remote(), s)
             ws.append(st.pop("w"))
+            if "tables" in st:
+                tables.append(st.pop("tables"))
             out.update({key.replace("shard0.", f"shard{s}.", 1): v for key, v in st.items() if key.startswith("shard0.")})
         out["w"] = np.concatenate(ws)
+        if tables and self.tables is not None:
+            out["tables"] = join_state(tables, self.tables.rows)
         return out
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.version = int(d["version"])
         self.bad[...] = d["bad"]
         refs = []
+        tables = split_state(d["tables"], len(self.actors)) if self.tables is not None else None
         for s, (a, (lo, hi)) in enumerate(zip(self.actors, self.cuts)):
             st = {"w": d["w"][lo:hi], "version": self.version, "bad": d["bad"]}
+            if tables is not None:
+                st["tables"] = tables[s]
             st.update({key.replace(f"shard{s}.", "shard0.", 1): v for key, v in d.items() if key.startswith(f"shard{s}.")})
             refs.append(a.load_state.remote(st))
         self.current = refs
@@ -207,7 +219,9 @@ class RayBackend:
     restarts = True  # a dead actor loses its state: the run keeps its start to go back to
 
     def __init__(self, opts: Any, layout: Layout, init_flat: np.ndarray, features: Any, labels: Any,
-                 parts: list[np.ndarray], upd: Callable, hp: dict, device: str):
+                 parts: list[np.ndarray], upd: Callable, hp: dict, device: str, tables: dict[str, Any] | None = None):
+        """``tables``: the model's sparse tables (name: array), sharded by row over the shards."""
+        self.tables = tables or {}
         self.cluster = Cluster(opts.ray_address)
         self.actors: list[Any] = []  # Roles
         self.hosts: list[tuple[tuple, Any]] = []  # (options, host) of every host this run took
@@ -235,9 +249,18 @@ class RayBackend:
         # them alive for the run, so a restarted host finds them again
         self.data_refs: list[Any] = [ray.put(np.ascontiguousarray(init_flat[lo:hi])) for lo, hi in cuts]
         hosts = self.take(len(cuts), num_cpus=0, max_restarts=RESTARTS, max_task_retries=0,
-                          max_concurrency=k if policy.unlocked else 1)
-        shards = [self.role(h, ShardActor, s, layout.sub(lo, hi), [self.data_refs[s]], opts.agg, hp, k, opts.push)
-                  for s, (h, (lo, hi)) in enumerate(zip(hosts, cuts))]
+                          max_concurrency=k if policy.unlocked else 1, concurrency_groups={"rows": k})
+        table_args: list[tuple] = [()] * len(cuts)
+        if self.tables:  # each shard's rows of every table (row r on shard r % servers)
+            from ..tables import table_rule
+
+            per = {name: split(np.asarray(a), len(cuts)) for name, a in self.tables.items()}
+            refs = [ray.put({name: p[s] for name, p in per.items()}) for s in range(len(cuts))]
+            del per
+            self.data_refs += refs
+            table_args = [([refs[s]], table_rule(opts.agg, opts.table_agg)) for s in range(len(cuts))]
+        shards = [self.role(h, ShardActor, s, layout.sub(lo, hi), [self.data_refs[s]], opts.agg, hp, k, opts.push,
+                            *table_args[s]) for s, (h, (lo, hi)) in enumerate(zip(hosts, cuts))]
         self.actors += shards
         cpus = share(self.cluster.node_resources("CPU"), k)
         gpus = share(self.cluster.node_resources("GPU"), k) if device != "cpu" else 0.0
@@ -251,15 +274,17 @@ class RayBackend:
         # own arguments; the arrival policies resubmit with the current model (RayEvent.retry)
         retries = RESTARTS if policy.retry_same_args else 0
         hosts = self.take(k, num_cpus=cpus, num_gpus=min(gpus, 1.0), max_restarts=RESTARTS, max_task_retries=retries,
-                          max_concurrency=1)
+                          max_concurrency=1, concurrency_groups={"rows": 1})
         ys = np.asarray(labels)
-        data = [[ray.put(np.ascontiguousarray(features[rows])), ray.put(ys[rows])] for rows in parts]
+        data = [[ray.put(contiguous(features[rows])), ray.put(ys[rows])] for rows in parts]
+        spec = {name: (a.shape[0], a.shape[1], str(a.dtype)) for name, a in self.tables.items()}
         self.data_refs += [r for pair in data for r in pair]
         self.drop = opts.on_worker_error == "drop"
         self.tolerate = opts.max_worker_failures if self.drop else None
         self.worker_args = [((j, data[j], layout, upd, opts.agg, hp, opts.batchsize, opts.push, k, cuts,
                               max(1, int(cpus)), gpus > 0, shards if policy.unlocked else ()),
-                             {"keep_state": opts.nonfinite == "skip" or self.drop, "tolerate": self.tolerate})
+                             {"keep_state": opts.nonfinite == "skip" or self.drop, "tolerate": self.tolerate,
+                              "tables": (shards, spec, policy.unlocked) if spec else None})
                             for j in range(k)]
         actors = [self.role(hosts[j], WorkerActor, *a, **kw) for j, (a, kw) in enumerate(self.worker_args)]
         self.held = [[pair] for pair in data]  # each worker's rows, as (features, labels) refs
@@ -275,6 +300,8 @@ class RayBackend:
         self.server = RemoteServer(ray, shards, cuts, k)
         self.server.names.update({a._actor_id.hex(): f"worker {j}" for j, a in enumerate(actors)})
         self.server.current = self.data_refs[:len(cuts)]
+        if self.tables:
+            self.server.tables = DriverTables(self.server.shard_tables, {n: a.shape[0] for n, a in self.tables.items()})
         self.workers = [RemoteWorker(j, a, len(rows), opts.batchsize) for j, (a, rows) in enumerate(zip(actors, parts))]
         self.in_flight: collections.deque = collections.deque()
         self.recovered = {"restarts": 0, "resubmitted": 0, "recovery_seconds": 0.0}  # since the last record
@@ -285,7 +312,7 @@ class RayBackend:
     def take(self, n: int, **options: Any) -> list[Any]:
         """``n`` actor hosts with these Ray options: idle ones of the embedded instance first
         (each checked alive), new ones for the rest."""
-        key = tuple(sorted(options.items()))
+        key = tuple(sorted((name, repr(v)) for name, v in options.items()))
         idle = POOL.get(key, []) if pooled() else []
         reused = [idle.pop() for _ in range(min(n, len(idle)))]
         alive = []
@@ -296,7 +323,8 @@ class RayBackend:
             except (self.ray.exceptions.RayError, self.ray.exceptions.GetTimeoutError):
                 with contextlib.suppress(Exception):
                     self.ray.kill(h)
-        cls = self.ray.remote(Host).options(**options)
+        groups = options.pop("concurrency_groups", None)  # (Ray takes them at the class, not in .options)
+        cls = host_class(self.ray, groups).options(**options)
         hosts = alive + [cls.remote() for _ in range(n - len(alive))]
         self.hosts += [(key, h) for h in hosts]
         return hosts
@@ -317,7 +345,7 @@ class RayBackend:
         ev.booked = w.booked
 
         def submit(parts: list[Any]) -> None:
-            refs = w.actor.run.options(num_returns=1 + len(parts)).remote(b0, nsteps, epoch, *parts)
+            refs = w.actor.run.options(num_returns=1 + len(parts)).remote(b0, nsteps, epoch, w.pulled, *parts)
             ev.ref = refs[0]
             self.server.pending[j] = (refs[0], refs[1:])
 
@@ -470,7 +498,7 @@ class RayBackend:
             return
         for w in gone:
             got = self.ray.get([r for pair in self.held[w.j] for r in pair])
-            X, y = np.concatenate(got[0::2]), np.concatenate(got[1::2])
+            X, y = concat(got[0::2]), np.concatenate(got[1::2])
             self.held[w.j], w.n, w.batches = [], 0, 0
             for part, taker in zip(np.array_split(np.arange(len(X)), len(alive)), alive):
                 if not len(part):
@@ -486,7 +514,7 @@ class RayBackend:
         """Worker j's role set-up with all the rows it holds now: a host that Ray restarts later
         builds it with them (the running host keeps its role: the run id is unchanged)."""
         got = self.ray.get([r for pair in self.held[j] for r in pair])
-        whole = [self.ray.put(np.concatenate(got[0::2])), self.ray.put(np.concatenate(got[1::2]))]
+        whole = [self.ray.put(concat(got[0::2])), self.ray.put(np.concatenate(got[1::2]))]
         args, kw = self.worker_args[j]
         args = (args[0], whole, *args[2:])
         self.worker_args[j] = (args, kw)
@@ -565,8 +593,10 @@ class RayBackend:
             self.settle(10.0)
 
     def finish(self) -> None:
-        """The final parameters, fetched before Ray goes away."""
+        """The final parameters (and tables), fetched before Ray goes away."""
         self.server.final = self.server.w
+        if self.server.tables is not None:
+            self.server.tables.final = self.server.tables.model()
 
     def close(self) -> None:
         """Hosts of a run that ended well go back to the embedded instance's pool, their roles
@@ -589,3 +619,16 @@ class RayBackend:
         unship(self.cluster.ray, self.shipped)
         self.shipped = []
         self.cluster.close()
+
+
+def contiguous(x: Any) -> Any:
+    """Rows of the features as shipped: C-ordered arrays (every column of named columns)."""
+    from ..columns import Columns
+
+    return x.map(np.ascontiguousarray) if isinstance(x, Columns) else np.ascontiguousarray(x)
+
+
+def concat(parts: list[Any]) -> Any:
+    from ..columns import Columns
+
+    return Columns.concatenate(parts) if isinstance(parts[0], Columns) else np.concatenate(parts)
