@@ -85,6 +85,42 @@ def bandwidth():
     R["agg_fraction_of_copy"] = agg["aggregation_fraction_of_copy"]
 
 
+def table_rows(rows=10_000_000, dim=16, m=262_144, reps=20):
+    """Issue 14: the adagrad row update of m unique rows of a (rows, dim) float32 table against
+    a plain gather + scatter of the same rows (what any row update must move at least)."""
+    import cupy as cp
+
+    from gpups.kernels import cuda_tables as G
+
+    rng = cp.random.default_rng(0)
+    W = rng.standard_normal((rows, dim), dtype=cp.float32)
+    H = cp.zeros_like(W)
+    u = cp.sort(rng.choice(rows, m, replace=False)).astype(cp.int64)
+    g = rng.standard_normal((m, dim), dtype=cp.float32)
+    buf = cp.empty_like(g)
+
+    def timed(fn):
+        fn()
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        return cp.cuda.get_elapsed_time(start, end) / 1e3 / reps
+
+    def plain():
+        G.gather(W, u, buf)
+        W[u] = buf
+
+    t_rows = timed(lambda: G.adagrad(W, H, u, g, 1.0, 0.01, 1e-8))
+    t_plain = timed(plain)
+    nbytes = m * dim * 4
+    R["table_adagrad_GBps"] = 5 * nbytes / t_rows / 1e9  # g read; w, h read and written
+    R["table_gather_scatter_GBps"] = 4 * nbytes / t_plain / 1e9  # w read, buf written and read, w written
+    R["table_adagrad_vs_gather_scatter_time"] = t_rows / t_plain
+
+
 def user_upd(kind):
     """The MLP's upd as a user writes it: ``"array"``, examples/array_upd.py (CuPy array
     expressions, cupy.matmul; tried under capture); ``"sequential"``, the same layers from gpups.nn."""
@@ -210,7 +246,7 @@ def main():
     if not args.skip_tests:
         run_tests(args.test_timeout)
         log("tests:", R["tests_summary"], f"({R['tests_seconds']} s)")
-    steps = [("bandwidth", bandwidth)]
+    steps = [("bandwidth", bandwidth), ("table rows", table_rows)]
     if not args.skip_tests:
         steps.insert(0, ("compute-sanitizer", sanitizer))
     for utype, k in [("BSP", 1), ("BSP", 8), ("ASP", 8), ("HOGWILD", 8), ("BSP", 16)]:
@@ -242,7 +278,8 @@ def main():
     log("tests:", R.get("tests_summary", "skipped"))
     for key in sorted(k for k in R if k.startswith("sanitizer")):
         log(f"{key:34} {R[key]}")
-    for key in ("copy_TBps", "agg_momentum_TBps", "agg_fraction_of_copy"):
+    for key in ("copy_TBps", "agg_momentum_TBps", "agg_fraction_of_copy", "table_adagrad_GBps",
+                "table_gather_scatter_GBps", "table_adagrad_vs_gather_scatter_time"):
         if key in R:
             log(f"{key:34} {R[key]:10.3f}")
     te = R.get("torch_eager_samples_per_s")

@@ -429,3 +429,38 @@ def test_dropout_fails_its_trial_and_runs_eagerly(cp, monkeypatch):
     assert graphed.graphs == 0
     for name in graphed.model:
         np.testing.assert_array_equal(graphed.model[name].get(), eager.model[name].get())
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("rule", ["sgd", "adagrad", "rowwise_adagrad", "lazy_adam"])
+def test_table_kernels_equal_their_cpu_twins(cp, dtype, tol, rule):
+    """kernels/tables.cu against kernels/cpu_tables.py: dedup (repeats summed in the order they
+    came; the unique rows exactly), gather, and each row-wise update over many steps."""
+    from gpups.kernels import cpu_tables as C
+    from gpups.kernels import cuda_tables as G
+
+    rng = np.random.default_rng(3)
+    rows, dim, m = 5000, 16, 3000
+    ids = np.minimum(rng.zipf(1.2, m) - 1, rows - 1).astype(np.int64)
+    vals = rng.standard_normal((m, dim)).astype(dtype)
+    u_c, g_c = C.dedup(ids, vals)
+    u_g, g_g = G.dedup(cp.asarray(ids), cp.asarray(vals))
+    np.testing.assert_array_equal(cp.asnumpy(u_g), u_c)
+    np.testing.assert_array_equal(cp.asnumpy(g_g), g_c)  # (the same additions in the same order)
+    out = cp.empty((m, dim), dtype)
+    W = rng.standard_normal((rows, dim)).astype(dtype)
+    G.gather(cp.asarray(W), cp.asarray(ids), out)
+    np.testing.assert_array_equal(cp.asnumpy(out), W[ids])
+    hshape = (rows, 1) if rule == "rowwise_adagrad" else (rows, dim)
+    w_c, w_g = W.copy(), cp.asarray(W)
+    s_c = [np.zeros(hshape, dtype) for _ in range({"sgd": 0, "lazy_adam": 2}.get(rule, 1))]
+    s_g = [cp.asarray(s) for s in s_c]
+    T = np.dtype(dtype).type
+    hyper = {"sgd": (T(0.1),), "adagrad": (T(0.1), T(1e-8)), "rowwise_adagrad": (T(0.1), T(1e-8))}
+    for step in range(1, 6):
+        hp = hyper.get(rule) or (T(0.01), T(0.9), T(0.999), T(1e-8), T(1 / (1 - 0.9 ** step)), T(1 / (1 - 0.999 ** step)))
+        getattr(C, rule)(w_c, *s_c, u_c, g_c, 0.5, *hp)
+        getattr(G, rule)(w_g, *s_g, u_g, g_g, 0.5, *hp)
+    np.testing.assert_allclose(cp.asnumpy(w_g), w_c, rtol=tol, atol=tol)
+    for a, b in zip(s_g, s_c):
+        np.testing.assert_allclose(cp.asnumpy(a), b, rtol=tol, atol=tol)
