@@ -24,9 +24,17 @@ def test_bsp_with_row_sharded_tables_equals_the_local_backend_bitwise(ray_sessio
     assert same(run(True, backend="ray", **kw), run(True, **kw))
 
 
-@pytest.mark.parametrize("freq,push", [("NBATCHES", "gradients"), ("BATCH", "model")])
-def test_local_steps_on_cached_rows_equal_the_local_backend(ray_session, freq, push):  # noqa: F811
-    kw = dict(k=2, servers=2, agg="sgd", freq=freq, push=push, nbatches=3 if freq == "NBATCHES" else 1)
+@pytest.mark.parametrize("freq,push,declared", [("NBATCHES", "gradients", False), ("BATCH", "model", False),
+                                                ("NBATCHES", "gradients", True)])
+def test_local_steps_on_cached_rows_equal_the_local_backend(ray_session, freq, push, declared):  # noqa: F811
+    """``declared``: the upd function says which ids a batch reads (``upd.reads``), so an
+    interval's rows are fetched before it runs; the result is the same."""
+    from test_tables import make_upd
+
+    upd = make_upd(True)
+    if declared:
+        upd.reads = lambda x: {"E": x["ids"]}
+    kw = dict(k=2, servers=2, agg="sgd", freq=freq, push=push, nbatches=3 if freq == "NBATCHES" else 1, upd=upd)
     assert same(run(True, backend="ray", **kw), run(True, **kw))
 
 
@@ -58,3 +66,32 @@ def test_a_ray_checkpoint_holds_the_tables_and_resumes_bitwise(ray_session, tmp_
     assert same(run(True, backend="ray", epochs=3, checkpoint=str(tmp_path / "r"), resume=True, **kw), full)
     run(True, epochs=1, checkpoint=str(tmp_path / "l"), **kw)
     assert same(run(True, backend="ray", epochs=3, checkpoint=str(tmp_path / "l"), resume=True, **kw), full)
+
+
+def test_a_declared_interval_reads_its_rows_in_one_call_per_shard(ray_session):  # noqa: F811
+    """RemoteTables with two shards (stand-ins answering from their split of one table): an
+    interval whose reads are declared fetches all its rows at its start, once; its reads are
+    then served from them; an undeclared read goes to the shards."""
+    from gpups.ray_backend.tables import RemoteTables, split
+
+    W = np.arange(40.0).reshape(20, 2)
+    parts = split(W, 2)
+    asked = []
+
+    class Shard:
+        def __init__(self, s):
+            self.s = s
+            self.rows = self
+
+        def remote(self, want, at_least):
+            asked.append((self.s, at_least))
+            return ray_session.put({name: parts[self.s][ids] for name, ids in want.items()})
+
+    rt = RemoteTables([Shard(0), Shard(1)], {"E": (20, 2, "float64")}, k=1)
+    batches = [{"ids": np.array([[3, 4], [4, 9]])}, {"ids": np.array([[10, 3]])}]
+    rt.begin(5, lambda x: {"E": x["ids"]}, batches)
+    assert rt.fetches == 1 and sorted(asked) == [(0, 5), (1, 5)]
+    np.testing.assert_array_equal(rt.gather("E", np.array([9, 3, 10])), W[[9, 3, 10]])
+    assert rt.fetches == 1
+    np.testing.assert_array_equal(rt.gather("E", np.array([3, 17])), W[[3, 17]])  # (17 was not read ahead)
+    assert rt.fetches == 2

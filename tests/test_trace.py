@@ -82,3 +82,25 @@ def test_a_bad_trace_path_is_named_before_work(tmp_path):
     with pytest.raises(ValueError, match=r"trace='.*' is not allowed: expected a file path"):
         gpups.paramserv(net.init(0), X, y, upd=net.gradients, batchsize=10, device="cpu", progress=False,
                         trace=str(tmp_path))
+
+
+def test_the_run_track_has_each_epoch_span_and_its_samples_per_s(tmp_path):
+    """One "epoch" span per epoch on the run's track (its number, lasting the epoch's seconds,
+    ending where the samples/s counter of that epoch stands, with the history's figure)."""
+    from gpups.trace import RUN
+
+    X, y = problem()
+    path = tmp_path / "run.trace.json"
+    net = small_net()
+    res = gpups.paramserv(net.init(0, dtype=np.float64), X, y, upd=net.gradients, k=2, batchsize=10, epochs=3,
+                          device="cpu", progress=False, trace=str(path))
+    events = load(str(path))
+    epochs = sorted((e for e in events if e["name"] == "epoch"), key=lambda e: e["ts"])
+    counters = sorted((e for e in events if e["name"] == "samples/s"), key=lambda e: e["ts"])
+    assert [e["args"]["epoch"] for e in epochs] == [1, 2, 3]
+    assert all(e["pid"] == RUN and e["tid"] == 0 and e["ph"] == "X" for e in epochs)
+    for span, ctr, rec in zip(epochs, counters, res.history):
+        assert ctr["pid"] == RUN and ctr["args"]["samples_per_s"] == pytest.approx(rec["samples_per_s"])
+        assert span["dur"] == pytest.approx(rec["seconds"] * 1e6, abs=2.0)
+        assert span["ts"] + span["dur"] == pytest.approx(ctr["ts"], abs=2.0)
+    assert [e["args"]["epoch"] for e in epochs] == [1, 2, 3] and len(counters) == 3

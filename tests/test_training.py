@@ -56,6 +56,15 @@ def test_progress_prints_one_line_per_epoch(capsys):
     assert lines[0].startswith("epoch 1/3  loss ") and "val_accuracy" in lines[0] and "samples/s" in lines[0]
 
 
+def test_progress_false_prints_nothing(capsys):
+    data = datasets.digits()
+    net = SoftmaxRegression(64, 10)
+    gpups.paramserv(net.init(0), data.X, data.y, upd=net.gradients, epochs=2, batchsize=64, k=2,
+                    val_features=data.Xv, val_labels=data.yv, device="cpu", progress=False)
+    out = capsys.readouterr()
+    assert out.err == "" and out.out == ""
+
+
 def test_long_epochs_print_a_heartbeat(capsys, monkeypatch):
     import time
 

@@ -188,7 +188,8 @@ class WorkerActor(Traced):
 
             self.remote_tables = RemoteTables(tables[0], tables[1], k)
             client = TableClient(self.remote_tables, j, tables[2])  # type: ignore[arg-type]
-            self.reads = getattr(model_of(upd), "reads", None)  # the ids a batch reads, where declared
+            # the ids a batch reads, where declared: by a built-in model, or as an attribute of upd
+            self.reads = getattr(model_of(upd), "reads", None) or getattr(upd, "reads", None)
         self.worker = Worker(j, self.device, X, y, np.arange(len(X)), layout, self.mirror, upd, hp,
                              make_rule(agg, hp, layout), batchsize, push, alias=False, concurrent=False,
                              keep_state=keep_state, tolerate=tolerate, tables=client)
