@@ -110,3 +110,36 @@ def test_every_mode_frequency_and_push_trains(blobs, utype, freq, push):
     assert all(np.isfinite(v).all() for v in res.model.values())
     before = net.evaluate(params, X, y)["loss"]
     assert res.history[-1]["val_loss"] < before
+
+
+def test_sbp_drops_each_late_push_of_a_straggler_that_waits_for_two_rounds(blobs):
+    """SBP(k=3, b=1) with a straggler made so by state, not by a sleep: worker 2's gradient waits
+    until workers 0 and 1 have each pushed twice more (so at least one round closed after its
+    pull), or are done. Each such push is late and dropped (counted one by one); the others
+    never are, and every batch of theirs is pushed."""
+    import threading
+
+    X, y = blobs
+    net = small_net()
+    done = [0, 0, 0]
+    cond = threading.Condition()
+    nbatch = -(-len(np.array_split(np.arange(len(X)), 3)[0]) // 5)
+
+    def upd(params, x, yb, hp):
+        j = hp.get("worker")  # (None: paramserv's check of upd before the run)
+        if j == 2:
+            with cond:
+                base = done[:2]
+                cond.wait_for(lambda: all(done[i] >= min(base[i] + 2, nbatch) for i in (0, 1)), timeout=60)
+        out = net.gradients(params, x, yb, hp)
+        if j is not None:
+            with cond:
+                done[j] += 1
+                cond.notify_all()
+        return out
+
+    res = gpups.paramserv(net.init(0, dtype=np.float64), X, y, upd=upd, utype="SBP", backup_workers=1, k=3,
+                          batchsize=5, epochs=1, hyperparams={"lr": 0.1}, progress=False, device="cpu")
+    rec = res.history[0]
+    assert rec["dropped"][:2] == [0, 0] and rec["pushes"][:2] == [nbatch, nbatch]
+    assert rec["dropped"][2] >= 2  # (each late push counted: nbatch // 2 of them or so)
