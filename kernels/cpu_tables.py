@@ -104,3 +104,36 @@ def lazy_adam(w, m, v, u, g, scale, lr, b1, b2, eps, bc1, bc2):
 def dedup(rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Repeated rows summed (in the order they came): (unique rows ascending, values)."""
     return segment_sum(rows, values, np.argsort(rows, kind="stable"))
+
+
+@njit(nogil=True, cache=True)
+def dot_interaction(b, Z, li, lj, h):
+    """DLRM's interaction: h[:, :d] = b, h[:, d + p] = Z[:, li[p]] . Z[:, lj[p]] (Z: (n, f, d))."""
+    n, _, d = Z.shape
+    for i in range(n):
+        for c in range(d):
+            h[i, c] = b[i, c]
+        for p in range(li.shape[0]):
+            s = Z[i, li[p], 0] * Z[i, lj[p], 0]
+            for c in range(1, d):
+                s += Z[i, li[p], c] * Z[i, lj[p], c]
+            h[i, d + p] = s
+
+
+@njit(nogil=True, cache=True)
+def dot_interaction_back(Z, dh, li, lj, dZ):
+    """The interaction's backward: dZ[:, a] = sum over the pairs (a, c) of dh_p * Z[:, c]
+    (both ends of each pair), dZ[:, 0] += dh[:, :d] (the bottom output's own column)."""
+    n, f, d = Z.shape
+    for i in range(n):
+        for a in range(f):
+            for c in range(d):
+                dZ[i, a, c] = 0.0
+        for c in range(d):
+            dZ[i, 0, c] = dh[i, c]
+        for p in range(li.shape[0]):
+            g = dh[i, d + p]
+            x, y = li[p], lj[p]
+            for c in range(d):
+                dZ[i, x, c] += g * Z[i, y, c]
+                dZ[i, y, c] += g * Z[i, x, c]

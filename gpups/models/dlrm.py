@@ -3,9 +3,10 @@
 A bottom MLP over the dense features, one embedding table per categorical feature, the pairwise
 dot products of the bottom output and the embeddings, a top MLP over [bottom output, dots], and
 binary cross-entropy on the logit. The MLPs are :mod:`gpups.nn` chains (their backward is the
-layers'); the interaction's backward is written here. With ``sparse=True`` each table's gradient
-is a :class:`gpups.RowGrad` (the rows the batch read), so the tables are sparse tables of the
-server; ``sparse=False`` gives the same model with dense table gradients (the reference).
+layers'); the interaction and its backward are a pair of fused numba kernels
+(``kernels/cpu_tables.py``: fewer numpy calls, so two worker threads contend less for the GIL).
+With ``sparse=True`` each table's gradient is a :class:`gpups.RowGrad` (the rows the batch
+read), so the tables are sparse tables of the server; ``sparse=False`` gives the same model with dense table gradients (the reference).
 
 Features are named columns: ``{"dense": float (n, dense), "cat": int (n, len(tables))}``.
 """
@@ -17,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..columns import Columns
+from ..kernels import cpu_tables as K
 from ..nn.blocks import Chain
 from ..nn.layers import Dense
 from ..tables import RowGrad
@@ -115,8 +117,8 @@ class DLRM(Model):
         ctx = SimpleNamespace(xp=np, train=train, step=0, acts={})
         b = self.bot.forward(params, dense, ws, ops, ctx)                                # (n, dim)
         Z = np.stack([b] + [params[name][cat[:, t]] for t, name in enumerate(self.tables)], axis=1)
-        dots = np.matmul(Z, Z.transpose(0, 2, 1))[:, self.li, self.lj]                  # (n, pairs)
-        h = np.concatenate([b, dots], axis=1)
+        h = np.empty((len(cat), self.dim + len(self.li)), Z.dtype)                        # [b, pairwise dots]
+        K.dot_interaction(b, Z, self.li, self.lj, h)
         z = self.top.forward(params, h, ws, ops, ctx)                                    # (n, 1)
         return z, Z, h, b, ws, ops, ctx
 
@@ -134,10 +136,9 @@ class DLRM(Model):
         loss = float((np.logaddexp(0, z) - t * z).sum()) / n
         dz = ((1.0 / (1.0 + np.exp(-z)) - t) / n).astype(z.dtype)
         dh = self.top.backward(params, h, z, dz, ws, out, ops, ctx)
-        dI = np.zeros((n, Z.shape[1], Z.shape[1]), Z.dtype)
-        dI[:, self.li, self.lj] = dh[:, self.dim:]
-        dZ = np.matmul(dI + dI.transpose(0, 2, 1), Z)                                    # d(Z Z^T)
-        db = dh[:, :self.dim] + dZ[:, 0]
+        dZ = np.empty_like(Z)
+        K.dot_interaction_back(Z, dh, self.li, self.lj, dZ)  # (dZ[:, 0] holds b's whole gradient)
+        db = dZ[:, 0]
         self.bot.backward(params, x["dense"], b, np.ascontiguousarray(db), ws, out, ops, ctx)
         cat = x["cat"]
         for k, name in enumerate(self.tables):
