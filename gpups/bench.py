@@ -459,6 +459,9 @@ def bench_parser(sub: Any) -> None:
     p.add_argument("--ctr-n", type=int, default=100_000, help="--ctr: rows of synthetic_ctr")
     p.add_argument("--ctr-rows", type=int, default=1_000_000, help="--ctr: rows per table")
     p.add_argument("--ctr-tables", type=int, default=8, help="--ctr: tables (categorical features)")
+    p.add_argument("--ctr-seeds", type=int, default=1,
+                   help="--ctr: run each line with this many seeds (data, model, order) and report the means, "
+                        "with the AUC's standard deviation")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and plots")
 
 

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 
 DEFAULTS = {"n": 100_000, "rows": 1_000_000, "tables": 8, "dim": 16, "batch": 256, "epochs": 2, "k": 2,
-            "lr": 0.05, "utype": "BSP"}
+            "lr": 0.05, "utype": "BSP", "seed": 0, "seeds": 1}
 
 
 def _data(cfg: dict[str, Any]) -> tuple[Any, Any, Any]:
     from .datasets import synthetic_ctr
 
-    data = synthetic_ctr(cfg["n"], [cfg["rows"]] * cfg["tables"], seed=0)
+    data = synthetic_ctr(cfg["n"], [cfg["rows"]] * cfg["tables"], seed=cfg.get("seed", 0))
     tr, va = data.split(0.1)
     return data, tr, va
 
@@ -40,7 +40,7 @@ def run_gpups(cfg: dict[str, Any]) -> dict[str, Any]:
     _, tr, va = _data(cfg)
     net = DLRM(dense=13, tables=tr.tables, dim=cfg["dim"], bottom=(64, cfg["dim"]), top=(64,), sparse=True)
     per_worker = max(1, cfg["batch"] // cfg["k"])  # a BSP round of k workers is PyTorch's one batch
-    res = gpups.paramserv(net.init(0), tr.features, tr.labels, upd=net.gradients, agg="adagrad", k=cfg["k"],
+    res = gpups.paramserv(net.init(cfg.get("seed", 0)), tr.features, tr.labels, upd=net.gradients, agg="adagrad", k=cfg["k"],
                           utype=cfg["utype"], batchsize=per_worker, epochs=cfg["epochs"],
                           hyperparams={"lr": cfg["lr"]}, val_features=va.features, val_labels=va.labels,
                           device="cpu", progress=False, donate=True)
@@ -62,7 +62,7 @@ def run_torch(cfg: dict[str, Any]) -> dict[str, Any]:
     from .models.dlrm import auc
 
     _, tr, va = _data(cfg)
-    torch.manual_seed(0)
+    torch.manual_seed(cfg.get("seed", 0))
     d, T = cfg["dim"], len(tr.tables)
 
     class TorchDLRM(nn.Module):
@@ -130,10 +130,16 @@ def measure(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(**cfg: Any) -> dict[str, Any]:
-    """Both lines with this configuration (:data:`DEFAULTS` for what is not given)."""
+    """Both lines with this configuration (:data:`DEFAULTS` for what is not given). With
+    ``seeds`` > 1 each line runs once per seed (the data, the initial model and the batches'
+    order all drawn from it), alternating, and a line's figures are the means over the seeds
+    (``auc_sd``: the AUC's standard deviation); ``per_seed`` keeps every run."""
     cfg = {**DEFAULTS, **cfg}
-    lines = [line(name, cfg) for name in LINES]
+    runs = [[line(name, {**cfg, "seed": cfg["seed"] + s}) for name in LINES] for s in range(cfg["seeds"])]
+    lines = [_mean([r[i] for r in runs]) for i in range(len(LINES))]
     doc: dict[str, Any] = {"config": cfg, "lines": lines, "ceiling": _data(cfg)[0].ceiling}
+    if cfg["seeds"] > 1:
+        doc["per_seed"] = runs
     ok = [ln for ln in lines if "error" not in ln]
     if len(ok) == 2:
         doc["ratio_samples_per_s"] = ok[0]["samples_per_s"] / ok[1]["samples_per_s"]
@@ -141,10 +147,24 @@ def run(**cfg: Any) -> dict[str, Any]:
     return doc
 
 
+def _mean(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One line's runs over the seeds: the first run's curve, the means of the figures."""
+    if len(runs) == 1 or any("error" in r for r in runs):
+        return runs[0]
+    out = dict(runs[0])
+    for key in ("samples_per_s", "auc", "logloss", "row_updates_per_s", "peak_rss_mb"):
+        if key in out:
+            out[key] = float(np.mean([r[key] for r in runs]))
+    out["auc_sd"] = float(np.std([r["auc"] for r in runs], ddof=1))
+    out["seeds"] = len(runs)
+    return out
+
+
 def table(doc: dict[str, Any]) -> str:
     c = doc["config"]
     rows = [f"DLRM on synthetic_ctr: {c['n']:,} rows, {c['tables']} tables of {c['rows']:,} rows x {c['dim']}, "
             f"batch {c['batch']}, {c['epochs']} epoch(s), adagrad lr {c['lr']}; gpups {c['utype']} k={c['k']}; "
+            + (f"means over {c['seeds']} seeds; " if c.get("seeds", 1) > 1 else "") +
             f"the hidden model's AUC {doc['ceiling']['auc']:.4f}",
             f"{'line':>8} {'samples/s':>10} {'val AUC':>8} {'logloss':>8} {'row upd/s':>10} {'peak RSS':>9}"]
     for ln in doc["lines"]:
@@ -152,7 +172,8 @@ def table(doc: dict[str, Any]) -> str:
             rows.append(f"{ln['line']:>8} {ln['error']}")
             continue
         ups = f"{ln['row_updates_per_s']:>10,.0f}" if "row_updates_per_s" in ln else f"{'':>10}"
-        rows.append(f"{ln['line']:>8} {ln['samples_per_s']:>10,.0f} {ln['auc']:>8.4f} {ln['logloss']:>8.4f} {ups} "
+        sd = f" +-{ln['auc_sd']:.4f}" if "auc_sd" in ln else ""
+        rows.append(f"{ln['line']:>8} {ln['samples_per_s']:>10,.0f} {ln['auc']:>8.4f}{sd} {ln['logloss']:>8.4f} {ups} "
                     f"{ln['peak_rss_mb']:>6,.0f} MB")
     if "ratio_samples_per_s" in doc:
         rows.append(f"gpups / PyTorch: {doc['ratio_samples_per_s']:.2f}x samples/s, AUC {doc['auc_gap']:+.4f}")
@@ -185,8 +206,11 @@ def plot(doc: dict[str, Any], path: str) -> bool:
 def main(args: Any) -> dict[str, Any]:
     from .cli import ints
 
+    if args.ctr_seeds < 1:
+        raise ValueError(f"--ctr-seeds {args.ctr_seeds} is not allowed: expected an integer >= 1")
     cfg = {"n": args.ctr_n, "rows": args.ctr_rows, "tables": args.ctr_tables, "epochs": args.epochs,
-           "k": ints("--k", args.k)[-1], "batch": ints("--batch", args.batch)[0], "utype": args.utypes.split(",")[0]}
+           "k": ints("--k", args.k)[-1], "batch": ints("--batch", args.batch)[0], "utype": args.utypes.split(",")[0],
+           "seeds": args.ctr_seeds}
     doc = run(**cfg)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "ctr.json")

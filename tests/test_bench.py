@@ -3,6 +3,7 @@ import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 
 from gpups import bench, cli
@@ -120,6 +121,23 @@ def test_ctr_lines_run_side_by_side(tmp_path, capsys):
     assert doc["ratio_samples_per_s"] == lines["gpups"]["samples_per_s"] / lines["pytorch"]["samples_per_s"]
     assert 0.5 < doc["ceiling"]["auc"] < 1 and (tmp_path / "ctr_auc.png").exists()
     assert "gpups / PyTorch" in capsys.readouterr().out
+
+
+def test_ctr_seeds_report_the_means_and_the_aucs_spread(tmp_path, capsys):
+    """--ctr-seeds 2: each line once per seed (other data, model and order), the figures the
+    means of the runs kept in per_seed, the AUC with its standard deviation."""
+    pytest.importorskip("torch")
+    assert cli.main(["bench", "--ctr", "--ctr-n", "2000", "--ctr-rows", "100", "--ctr-tables", "2", "--epochs", "1",
+                     "--k", "2", "--batch", "64", "--ctr-seeds", "2", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "ctr.json").read_text())
+    assert len(doc["per_seed"]) == 2 and all(len(r) == 2 for r in doc["per_seed"])
+    for i, ln in enumerate(doc["lines"]):
+        aucs = [r[i]["auc"] for r in doc["per_seed"]]
+        assert aucs[0] != aucs[1] and ln["seeds"] == 2
+        assert ln["auc"] == pytest.approx(np.mean(aucs)) and ln["auc_sd"] == pytest.approx(np.std(aucs, ddof=1))
+    assert "means over 2 seeds" in capsys.readouterr().out
+    assert cli.main(["bench", "--ctr", "--ctr-seeds", "0", "--out", str(tmp_path)]) != 0
+    assert "--ctr-seeds 0 is not allowed" in capsys.readouterr().err
 
 
 def test_trace_writes_each_scenarios_timeline_and_pictures(tmp_path):
