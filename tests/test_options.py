@@ -126,3 +126,50 @@ def test_submodules_are_reachable_from_the_package():
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         gpups.nothing  # noqa: B018
+
+
+def test_validation_data_must_be_shaped_like_the_training_data():
+    """val_features as named columns exactly when features are, with the same names and row
+    shapes; the val_ arrays' own problems are named with their val_ names."""
+    from test_tables import init as table_init
+    from test_tables import make_upd, problem
+
+    X, y = problem()
+    Xa = np.concatenate([X["dense"], X["ids"].astype(np.float64)], 1)
+    base = dict(device="cpu", progress=False, epochs=1, batchsize=16, hyperparams={"lr": 0.1})
+    with pytest.raises(ValueError, match=r"val_features has the columns \{\}; expected \{'dense'"):
+        gpups.paramserv(table_init(), X, y, upd=make_upd(True), val_features=Xa, val_labels=y, **base)
+    from gpups.models import MLP
+
+    net = MLP([Xa.shape[1], 5, 3])
+    with pytest.raises(ValueError, match=r"val_features has the columns \{'dense'.*\}; expected \{\} like"):
+        gpups.paramserv(net.init(0, dtype=np.float64), Xa, y, upd=net.gradients, val_features=X, val_labels=y, **base)
+    narrow = {"dense": X["dense"][:, :3], "ids": X["ids"]}
+    with pytest.raises(ValueError, match=r"val_features has the columns .*\(3,\).*; expected .*\(4,\)"):
+        gpups.paramserv(table_init(), X, y, upd=make_upd(True), val_features=narrow, val_labels=y, **base)
+    with pytest.raises(ValueError, match=r"val_labels has 299 rows but val_features has 300"):
+        gpups.paramserv(table_init(), X, y, upd=make_upd(True), val_features=X, val_labels=y[:-1], **base)
+
+
+def test_an_upd_returning_what_is_not_an_array_is_named():
+    """A gradient that is a list (no shape) or has a shape but no dtype is refused with a
+    ValueError naming it, before any work, not with the TypeError of reading it."""
+    net = small_net()
+    X, y = np.random.default_rng(0).standard_normal((40, 6)), np.zeros(40, np.int64)
+
+    class Shaped:  # (a shape, no dtype)
+        def __init__(self, shape):
+            self.shape = shape
+
+    def returning(make):
+        def upd(params, x, yb, hp):
+            grads, loss = net.gradients(params, x, yb, hp)
+            name = next(iter(grads))
+            return {**grads, name: make(grads[name])}, loss
+        return upd
+
+    base = dict(device="cpu", progress=False, epochs=1, batchsize=8)
+    with pytest.raises(ValueError, match=r"upd returned gradients\[.*\] of shape \(\); the parameter"):
+        gpups.paramserv(net.init(0, dtype=np.float64), X, y, upd=returning(lambda g: g.tolist()), **base)
+    with pytest.raises(ValueError, match=r"upd returned gradients\[.*\] of dtype Shaped; expected floating point"):
+        gpups.paramserv(net.init(0, dtype=np.float64), X, y, upd=returning(lambda g: Shaped(g.shape)), **base)
