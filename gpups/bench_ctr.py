@@ -40,8 +40,8 @@ def run_gpups(cfg: dict[str, Any]) -> dict[str, Any]:
     _, tr, va = _data(cfg)
     net = DLRM(dense=13, tables=tr.tables, dim=cfg["dim"], bottom=(64, cfg["dim"]), top=(64,), sparse=True)
     per_worker = max(1, cfg["batch"] // cfg["k"])  # a BSP round of k workers is PyTorch's one batch
-    res = gpups.paramserv(net.init(cfg.get("seed", 0)), tr.features, tr.labels, upd=net.gradients, agg="adagrad", k=cfg["k"],
-                          utype=cfg["utype"], batchsize=per_worker, epochs=cfg["epochs"],
+    res = gpups.paramserv(net.init(cfg.get("seed", 0)), tr.features, tr.labels, upd=net.gradients, agg="adagrad",
+                          k=cfg["k"], utype=cfg["utype"], batchsize=per_worker, epochs=cfg["epochs"],
                           hyperparams={"lr": cfg["lr"]}, val_features=va.features, val_labels=va.labels,
                           device="cpu", progress=False, donate=True)
     h = res.history

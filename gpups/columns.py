@@ -72,6 +72,11 @@ class Columns:
         return f"Columns({{{inner}}})"
 
 
+def concat_rows(parts: list[Any], xp: Any = np) -> Any:
+    """Rows of several parts one after another: arrays, or named columns column by column."""
+    return Columns.concatenate(parts, xp) if isinstance(parts[0], Columns) else xp.concatenate(parts)
+
+
 def as_columns(name: str, value: Mapping[str, Any]) -> Columns:
     """``value`` (a mapping of array-likes) checked: non-empty, numeric, finite, one row count.
     Float columns must be float32/float64; integer columns hold ids (>= 0)."""

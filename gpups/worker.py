@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .columns import Columns
+from .columns import concat_rows
 from .flat import Layout
 
 
@@ -277,7 +277,7 @@ class Worker(Accounts):
         xp = self.device.xp
         with self.device.on(self.slot):
             more = self.device.place(X, self.slot)
-            self.X = Columns.concatenate([self.X, more], xp) if isinstance(more, Columns) else xp.concatenate([self.X, more])
+            self.X = concat_rows([self.X, more], xp)
             self.y = xp.concatenate([self.y, self.device.place(y, self.slot).astype(self.y.dtype, copy=False)])
         self.n = int(self.X.shape[0])
         self.batches = math.ceil(self.n / self.batchsize)

@@ -6,7 +6,8 @@ binary cross-entropy on the logit. The MLPs are :mod:`gpups.nn` chains (their ba
 layers'); the interaction and its backward are a pair of fused numba kernels
 (``kernels/cpu_tables.py``: fewer numpy calls, so two worker threads contend less for the GIL).
 With ``sparse=True`` each table's gradient is a :class:`gpups.RowGrad` (the rows the batch
-read), so the tables are sparse tables of the server; ``sparse=False`` gives the same model with dense table gradients (the reference).
+read), so the tables are sparse tables of the server; ``sparse=False`` gives the same model
+with dense table gradients (the reference).
 
 Features are named columns: ``{"dense": float (n, dense), "cat": int (n, len(tables))}``.
 """

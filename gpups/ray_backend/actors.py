@@ -218,11 +218,14 @@ class WorkerActor(Traced):
         reads, the interval's rows come now."""
         if self.remote_tables is None:
             return
+        if self.reads is None:
+            self.remote_tables.begin(version, None, [])
+            return
         w, bs = self.worker, self.worker.batchsize
         batches = [w.X[b * bs:min((b + 1) * bs, w.n)] for b in range(cursor, min(cursor + nsteps, w.batches))]
         t0 = time.perf_counter()
         self.remote_tables.begin(version, self.reads, batches)
-        if self.spans is not None and self.reads is not None:
+        if self.spans is not None:
             self.spans.span(1, self.j, "pull rows", t0, time.perf_counter())
 
     def _push(self) -> list[Any]:
@@ -382,7 +385,8 @@ ROWS = ("rows",)  # role methods that run on a host's "rows" threads
 def host_class(ray: Any, groups: dict[str, int] | None = None) -> Any:
     """The Ray actor class of :class:`Host`, its ``call_rows`` in the "rows" concurrency group
     of ``groups["rows"]`` threads."""
-    Host.call_rows = ray.method(concurrency_group="rows")(Host.call_rows)  # type: ignore[method-assign]
+    if not hasattr(Host.call_rows, "__ray_concurrency_group__"):  # (what ray.method sets: once)
+        Host.call_rows = ray.method(concurrency_group="rows")(Host.call_rows)  # type: ignore[method-assign]
     return ray.remote(concurrency_groups=groups or {"rows": 1})(Host)
 
 

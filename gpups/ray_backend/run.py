@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..columns import concat_rows
 from ..device import CPUDevice
 from ..errors import WorkerError
 from ..flat import Layout
@@ -498,7 +499,7 @@ class RayBackend:
             return
         for w in gone:
             got = self.ray.get([r for pair in self.held[w.j] for r in pair])
-            X, y = concat(got[0::2]), np.concatenate(got[1::2])
+            X, y = concat_rows(got[0::2]), np.concatenate(got[1::2])
             self.held[w.j], w.n, w.batches = [], 0, 0
             for part, taker in zip(np.array_split(np.arange(len(X)), len(alive)), alive):
                 if not len(part):
@@ -514,7 +515,7 @@ class RayBackend:
         """Worker j's role set-up with all the rows it holds now: a host that Ray restarts later
         builds it with them (the running host keeps its role: the run id is unchanged)."""
         got = self.ray.get([r for pair in self.held[j] for r in pair])
-        whole = [self.ray.put(concat(got[0::2])), self.ray.put(np.concatenate(got[1::2]))]
+        whole = [self.ray.put(concat_rows(got[0::2])), self.ray.put(np.concatenate(got[1::2]))]
         args, kw = self.worker_args[j]
         args = (args[0], whole, *args[2:])
         self.worker_args[j] = (args, kw)
@@ -626,9 +627,3 @@ def contiguous(x: Any) -> Any:
     from ..columns import Columns
 
     return x.map(np.ascontiguousarray) if isinstance(x, Columns) else np.ascontiguousarray(x)
-
-
-def concat(parts: list[Any]) -> Any:
-    from ..columns import Columns
-
-    return Columns.concatenate(parts) if isinstance(parts[0], Columns) else np.concatenate(parts)

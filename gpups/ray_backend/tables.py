@@ -168,9 +168,6 @@ class DriverTables:
         self.fetch, self.rows = fetch, dict(rows)
         self.final: dict[str, np.ndarray] | None = None
 
-    def names(self) -> tuple[str, ...]:
-        return tuple(self.rows)
-
     def model(self) -> dict[str, np.ndarray]:
         if self.final is not None:
             return self.final
